@@ -24,6 +24,7 @@ DEFAULTS: dict = {
         "source": "synthetic",            # a name in onerec.data.ADAPTERS
         "path": None,                     # dataset folder for file-based sources
         "options": {},                    # passed to the adapter (e.g. n_users for synthetic)
+        "dedupe": False,                  # drop repeated events (same user, item, ts, request_id) at ingest
     },
     "validate": {
         "drift_days": 7,                  # row-count drift is judged against this many previous days

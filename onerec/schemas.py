@@ -49,6 +49,7 @@ USERS = pa.schema([
 
 TABLES = {"impressions": IMPRESSIONS, "items": ITEMS, "users": USERS}
 OPEN_TABLES = {"items", "users"}  # may carry extra feature columns
+EVENT_KEY = ("user_id", "item_id", "ts", "request_id")  # one impression; must be unique within a day
 FLAGS = ("click", "like", "follow", "comment", "forward", "dislike")
 
 DAY_MS = 86_400_000

@@ -11,7 +11,7 @@ import math
 import pandas as pd
 import pyarrow as pa
 
-from onerec.schemas import DAY_MS, FLAGS, SOURCES, TABLES
+from onerec.schemas import DAY_MS, EVENT_KEY, FLAGS, SOURCES, TABLES
 
 # pyarrow type -> the dtype name GX reports for it after a nullable-dtype conversion
 _GX_TYPE = {pa.int64(): "int64", pa.int8(): "int8", pa.float64(): "float64", pa.string(): "str"}
@@ -43,7 +43,7 @@ def impressions_suite(E, *, date_start_ms: int, item_ids, user_ids, row_bounds, 
         E.ExpectColumnValuesToBeBetween(column="duration_ms", min_value=0, max_value=cfg["max_duration_ms"]),
         E.ExpectColumnValuesToBeBetween(column="gen_prob", min_value=0, max_value=1),
         E.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)),
-        E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "ts", "request_id"]),
+        E.ExpectCompoundColumnsToBeUnique(column_list=list(EVENT_KEY)),
         E.ExpectColumnValuesToBeInSet(column="item_id", value_set=item_ids),
     ]
     ex += [E.ExpectColumnValuesToBeInSet(column=f, value_set=[0, 1]) for f in FLAGS]

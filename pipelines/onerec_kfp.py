@@ -24,7 +24,8 @@ if str(REPO) not in sys.path:
 
 from components.registry import stages_for  # noqa: E402
 
-BASE_IMAGE = os.environ.get("ONEREC_KFP_IMAGE", "python:3.11-slim")  # production: the onerec stage image
+DEFAULT_IMAGE = "python:3.11-slim"  # what the checked-in YAML uses
+BASE_IMAGE = os.environ.get("ONEREC_KFP_IMAGE", DEFAULT_IMAGE)  # production: the onerec stage image
 PIPELINES = ("daily", "bootstrap")
 
 
