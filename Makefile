@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 # torch is pinned to 2.13.0; on these machines a CPU wheel lies in /opt/wheels. Elsewhere the CPU
 # index is named explicitly so that no resolver pulls the CUDA build on a CPU machine.
 TORCH_SRC := $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
-EXTRAS  ?= airflow,kfp,dev
+EXTRAS  ?= airflow,kfp,dev,bench
 DEMO_START ?= 2026-01-01
 DEMO_END   ?= 2026-01-03
 
