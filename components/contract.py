@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib
+import json
 import os
 import signal
 import time
@@ -20,7 +21,7 @@ import time
 from components import registry
 from onerec.config import resolved, section_hash
 from onerec.errors import BadInput
-from onerec.store import StageDir, Store, open_store
+from onerec.store import StageDir, Store, open_store, sha256
 
 
 @dataclasses.dataclass
@@ -32,6 +33,12 @@ class StageContext:
     store: Store
     out: StageDir         # where this stage writes
     mlflow_run_id: str | None = None
+    job_key: str = ""     # digest of (inputs, config): names this exact computation, e.g. for checkpoints
+
+    def scratch(self, name: str) -> str:
+        """Store prefix for state that must outlive a crash (checkpoints) but belongs to this job only.
+        It sits outside the stage directory, which is reset before every (re)run."""
+        return f"_scratch/{self.pipeline}/{self.date}/{self.stage.name}/{self.job_key}/{name}"
 
     def dir(self, stage: str, date: str | None = None) -> StageDir:
         return StageDir(self.store, self.pipeline, date or self.date, stage)
@@ -97,6 +104,7 @@ def run_stage(name: str, date: str, config: dict, *, force: bool = False) -> Res
     if external:
         inputs.update({f"external:{k}": v for k, v in external(ctx).items()})
     config_hash = section_hash(cfg, stage.config_keys)
+    ctx.job_key = sha256(json.dumps([inputs, config_hash], sort_keys=True).encode())[:16]
 
     out = ctx.out
     if out.is_done() and not force:
