@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -90,18 +91,18 @@ def run_stage(stage: str, date: str, args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
     log.info("running %s", " ".join(cmd))
-    tail: list[str] = []
+    last = ""
+    # own session: on timeout or kill, the whole stage goes (Spark's JVM, torchrun workers) too
     with subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as proc:
+                          text=True, bufsize=1, start_new_session=True) as proc:
         try:
             for line in proc.stdout:
                 log.info("%s", line.rstrip())
-                tail = (tail + [line.rstrip()])[-5:]
+                last = line.strip() or last
             code = proc.wait()
         finally:
-            if proc.poll() is None:  # timeout or kill of the task: do not leave the stage running
-                proc.kill()
-    last = next((x for x in reversed(tail) if x.strip()), "")
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     if code == 2:
         raise AirflowFailException(f"{stage} {date}: bad data or request, not retried: {last}")
     if code == 3:
@@ -114,7 +115,7 @@ def stage_task(stage: Stage, pipeline: str):
     timeout = dt.timedelta(seconds=float(stage.resources.get("timeout_s", DEFAULT_TIMEOUT_S)))
 
     @task(task_id=stage.name, retries=stage.retries, retry_delay=dt.timedelta(minutes=1),
-          retry_exponential_backoff=True, max_retry_delay=dt.timedelta(minutes=30),
+          retry_exponential_backoff=2.0, max_retry_delay=dt.timedelta(minutes=30),
           execution_timeout=timeout, on_failure_callback=notify_failure, doc_md=stage.description)
     def _run() -> None:
         context = get_current_context()

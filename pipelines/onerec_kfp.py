@@ -10,8 +10,8 @@ their inputs live outside the pipeline; the stage contract already makes an unch
 KFP has no "skip downstream" state: exit 3 (gate not passed) fails the task with `GateNotPassed`,
 which stops everything downstream of it. Retries (per-stage `set_retry`) apply to any failure.
 """
-import argparse  # no `from __future__ import annotations`: KFP reads the component's real annotations
-
+# No `from __future__ import annotations`: KFP reads the component's annotations as real types.
+import argparse
 import os
 import sys
 from pathlib import Path

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+from support import DEBUG_CONFIG, REPO, SHARED_DATA, run_cli  # noqa: F401  (re-exported)
 
 # Tests never reach the network and never write into the developer's home.
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -23,15 +20,6 @@ def onerec_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("ONEREC_HOME", str(home))
     monkeypatch.delenv("ONEREC_FAULT", raising=False)
     return home
-
-
-def run_cli(*args, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real `onerec` CLI in a subprocess (as Airflow and the containers do)."""
-    proc = subprocess.run([sys.executable, "-m", "components.cli", *map(str, args)], cwd=REPO,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"onerec {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="session")
@@ -57,5 +45,3 @@ def s3_env(s3_server, monkeypatch):
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     return bucket
 
-
-DEBUG_CONFIG = REPO / "configs" / "debug.yaml"

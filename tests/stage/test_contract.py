@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import DEBUG_CONFIG, run_cli
+from support import DEBUG_CONFIG, run_cli
 
 D = "2026-01-02"
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from components.registry import stages_for
-from conftest import DEBUG_CONFIG, SHARED_DATA, run_cli
+from support import DEBUG_CONFIG, SHARED_DATA, run_cli
 from onerec import tracking
 
 

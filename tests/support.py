@@ -1,0 +1,24 @@
+"""Plain helpers shared by test modules (import as `from support import ...`).
+
+They live here rather than in conftest.py: several folders have a conftest, and `from conftest import`
+would pick whichever of them Python imported first.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
+
+
+def run_cli(*args, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the real `onerec` CLI in a subprocess (as Airflow and the containers do)."""
+    proc = subprocess.run([sys.executable, "-m", "components.cli", *map(str, args)], cwd=REPO,
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"onerec {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
