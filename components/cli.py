@@ -1,7 +1,7 @@
 """The `onerec` command line. Kept import-light: heavy modules load inside the command that needs them.
 
   onerec run <stage> --date D [--config F] [--set k=v ...] [--force]
-  onerec pipeline run --start D1 --end D2 [--config F] [--set k=v ...] [--force]
+  onerec pipeline run --start D1 --end D2 [--until STAGE] [--config F] [--set k=v ...] [--force]
   onerec stages
   onerec data download NAME [--dest DIR] [--url URL] [--sha256 HEX] [--force]
 """
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     prun = pipe_sub.add_parser("run", help="run every stage for each date in [start, end]")
     prun.add_argument("--start", required=True)
     prun.add_argument("--end", help="last date (default: start)")
+    prun.add_argument("--until", metavar="STAGE", help="stop after this stage (default: run every stage)")
     _config_args(prun)
 
     sub.add_parser("stages", help="list the registered stages")
@@ -78,7 +79,7 @@ def _dispatch(args) -> int:
     if args.command == "pipeline":
         from components.runner import run_pipeline
 
-        return run_pipeline(config, args.start, args.end or args.start, force=args.force)
+        return run_pipeline(config, args.start, args.end or args.start, force=args.force, until=args.until)
     raise AssertionError(args.command)
 
 

@@ -70,7 +70,7 @@ def check_date(date: str) -> str:
         raise BadInput(f"bad --date {date!r}: expected YYYY-MM-DD") from None
 
 
-def _fault(stage: str, point: str) -> None:
+def fault(stage: str, point: str) -> None:
     """Test seam for crash-safety tests: ONEREC_FAULT=<stage>:<point>:<kill|raise>."""
     spec = os.environ.get("ONEREC_FAULT", "")
     if spec.count(":") == 2:
@@ -114,7 +114,7 @@ def run_stage(name: str, date: str, config: dict, *, force: bool = False) -> Res
     # A finished directory being recomputed gets a fresh MLflow run; a half-done one is a retry.
     fresh = out.is_done()
     out.reset()
-    _fault(name, "start")
+    fault(name, "start")
     started = time.time()
     with tracking.stage_run(cfg["mlflow"]["tracking_uri"], cfg["mlflow"]["experiment"], pipeline, date, name,
                             fresh=fresh) as run:
@@ -124,7 +124,7 @@ def run_stage(name: str, date: str, config: dict, *, force: bool = False) -> Res
         mlflow.log_params({f"{k}": str(v)[:500] for k, v in _flatten({k: cfg.get(k) for k in stage.config_keys}).items()})
         mlflow.set_tags({"onerec.config_hash": config_hash, **{f"onerec.input.{k}": v[:16] for k, v in inputs.items()}})
         metrics = fn(ctx) or {}
-        _fault(name, "before_commit")
+        fault(name, "before_commit")
         manifest = {
             "pipeline": pipeline, "date": date, "stage": name,
             "input_digests": inputs, "config_hash": config_hash,

@@ -38,6 +38,38 @@ STAGES: tuple[Stage, ...] = (
         retries=0,  # bad data does not get better by retrying
         description="Great Expectations gate on the day's tables",
     ),
+    Stage(
+        name="features",
+        entrypoint="components.features:run",
+        upstream=("ingest", "validate"),
+        config_keys=("features",),
+        resources={"cpu": "2", "memory": "4Gi"},   # a Spark driver (local[*] by default) + its Python workers
+        description="Spark: user context pathways, newest-impression samples, duration-aware rewards, item stats",
+    ),
+    Stage(
+        name="embed",
+        entrypoint="components.embed:run",
+        upstream=("ingest", "validate"),
+        config_keys=("embed",),
+        resources={"cpu": "2", "memory": "6Gi"},   # a text encoder + the catalog's vectors in memory
+        description="item content vectors (text, image, tabular) + collaborative fusion (InfoNCE projection)",
+    ),
+    Stage(
+        name="tokenize",
+        entrypoint="components.tokenize:run",
+        upstream=("embed",),
+        config_keys=("tokenize",),
+        resources={"cpu": "2", "memory": "8Gi"},   # faiss k-means over the whole catalog at refit time
+        description="RQ-KMeans semantic IDs: frozen codebooks for new items, refit + remap on bootstrap",
+    ),
+    Stage(
+        name="pretrain",
+        entrypoint="components.pretrain:run",
+        upstream=("features", "tokenize"),
+        config_keys=("pretrain",),
+        resources={"cpu": "4", "memory": "16Gi", "gpu": "1"},   # torchrun; bf16 on a GPU when there is one
+        description="lazy decoder-only model on newest-impression samples; warm start from yesterday's model",
+    ),
 )
 
 BY_NAME = {s.name: s for s in STAGES}

@@ -22,9 +22,14 @@ def date_range(start: str, end: str) -> list[str]:
     return [(d0 + dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]
 
 
-def run_pipeline(config: dict, start: str, end: str, *, force: bool = False) -> int:
+def run_pipeline(config: dict, start: str, end: str, *, force: bool = False, until: str | None = None) -> int:
     dates = date_range(start, end)
     stages = stages_for(config["pipeline"])
+    if until:   # e.g. backfill features only: every stage up to and including `until`
+        names = [s.name for s in stages]
+        if until not in names:
+            raise BadInput(f"--until {until!r} is not a stage of pipeline {config['pipeline']!r}: {', '.join(names)}")
+        stages = stages[: names.index(until) + 1]
     for date in dates:
         for stage in stages:
             t0 = time.time()

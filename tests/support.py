@@ -15,6 +15,16 @@ SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 DEBUG_CONFIG = REPO / "configs" / "debug.yaml"
 
 
+def shared(name: str) -> Path:
+    """A public dataset folder under ../shared/data; the calling test skips when it is absent."""
+    import pytest
+
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"public dataset {name!r} not available at {path}")
+    return path
+
+
 def run_cli(*args, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real `onerec` CLI in a subprocess (as Airflow and the containers do)."""
     proc = subprocess.run([sys.executable, "-m", "components.cli", *map(str, args)], cwd=REPO,

@@ -2,18 +2,9 @@
 (relative to the repo root); they are never copied in. Tests needing one skip when it is absent."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-SHARED_DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
-
-
-def shared(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.skip(f"public dataset {name!r} not available at {path}")
-    return path
+from support import shared
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,7 @@ def test_crash_mid_write_on_s3_leaves_nothing_that_looks_finished(onerec_home, s
     (["run", "validate", "--date", D], "ingest for 2026-01-02 has no _SUCCESS"),
     (["pipeline", "run", "--start", "2026-01-03", "--end", "2026-01-01"], "before --start"),
     (["data", "download", "no-such-dataset"], "no-such-dataset"),
+    (["pipeline", "run", "--start", D, "--until", "nope"], "--until 'nope' is not a stage"),
 ])
 def test_user_mistakes_get_one_clear_line_and_exit_2(onerec_home, args, message):
     proc = run_cli(*args)

@@ -20,10 +20,11 @@ def _client(home):
 
 
 def test_pipeline_runs_dates_with_nested_mlflow_runs(onerec_home):
-    proc = run_cli("pipeline", "run", "--start", "2026-01-01", "--end", "2026-01-02", "--config", DEBUG_CONFIG,
-                   check=True)
+    proc = run_cli("pipeline", "run", "--start", "2026-01-01", "--end", "2026-01-02", "--until", "validate",
+                   "--config", DEBUG_CONFIG, check=True)
     assert "mlflow:" in proc.stdout and str(onerec_home / "artifacts") in proc.stdout
-    stages = [s.name for s in stages_for("daily")]
+    stages = ["ingest", "validate"]
+    assert not (onerec_home / "artifacts" / "daily" / "2026-01-01" / stages_for("daily")[2].name).exists()
     client, exp = _client(onerec_home)
     runs = client.search_runs([exp], max_results=100)
     parents = [r for r in runs if r.data.tags[tracking.TAG_STAGE] == "_pipeline"]
@@ -62,7 +63,7 @@ def test_a_retry_reuses_the_failed_run(onerec_home):
 
 @pytest.mark.skipif(not (SHARED_DATA / "kuairand_pure_partial").is_dir(), reason="needs ../shared/data")
 def test_real_kuairand_days_pass_the_gate(onerec_home):
-    proc = run_cli("pipeline", "run", "--start", "2022-04-25", "--end", "2022-04-26",
+    proc = run_cli("pipeline", "run", "--start", "2022-04-25", "--end", "2022-04-26", "--until", "validate",
                    "--config", "configs/kuairand.yaml", "--set", f"data.path={SHARED_DATA / 'kuairand_pure_partial'}")
     assert proc.returncode == 0, proc.stderr
     m = json.loads((onerec_home / "artifacts/daily/2022-04-26/validate/manifest.json").read_text())

@@ -1,0 +1,192 @@
+"""`pretrain`: train the generative model on the day's newest-impression samples (OneRec-V2 Sec. 2).
+
+Reads features(D) samples (bootstrap: the last `history_days` days) and tokenize(D) semantic IDs; writes
+  model.safetensors   the weights (safetensors; nothing pickled)
+  model.json          ModelConfig + the codebook digest the heads were trained for
+  train.json          TrainConfig, losses, throughput, MFU
+Daily continual training warm-starts from the newest earlier model of this pipeline (the champion once
+the registry has one) when it was trained for the same codebook; a refit codebook changes what every
+semantic ID means, so the model then starts from scratch and says so.
+Checkpoints live in the job's scratch prefix (outside the stage directory, which every run resets) and
+a killed run resumes from the newest complete one; they are removed once the weights are written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from onerec.errors import BadInput
+
+MODEL_FILES = ("model.safetensors", "model.json")
+
+
+def _days(ctx) -> list[str]:
+    n = int(ctx.section.get("history_days", 1))
+    d = dt.date.fromisoformat(ctx.date)
+    days = [(d - dt.timedelta(days=i)).isoformat() for i in range(n - 1, -1, -1)]
+    return [x for x in days if x == ctx.date or ctx.dir("features", x).is_done()]
+
+
+def warm_start_source(ctx):
+    """The newest earlier model of this pipeline (champion resolution lives here once promotion exists)."""
+    if not ctx.section.get("warm_start", True):
+        return None
+    d = dt.date.fromisoformat(ctx.date)
+    for i in range(1, int(ctx.section.get("warm_start_lookback_days", 30)) + 1):
+        prev = ctx.dir("pretrain", (d - dt.timedelta(days=i)).isoformat())
+        if prev.is_done():
+            return prev
+    return None
+
+
+def external_inputs(ctx) -> dict:
+    inputs = {f"samples:{x}": ctx.dir("features", x).digest() for x in _days(ctx) if x != ctx.date}
+    src = warm_start_source(ctx)
+    if src is not None:
+        inputs["warm_start"] = src.digest()
+    return inputs
+
+
+def _model_config(ctx, vocab):
+    from onerec import model as M
+
+    s = ctx.section
+    try:
+        return M.build(s.get("model", "small"), arch=s.get("arch", "lazy"), codebook_sizes=vocab,
+                       **(s.get("overrides") or {}))
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"pretrain model config: {e}") from None
+
+
+def _train_config(ctx):
+    from onerec.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = dict(ctx.section.get("train") or {})
+    unknown = set(given) - fields
+    if unknown:
+        raise BadInput(f"unknown pretrain.train option(s) {sorted(unknown)}; known: {sorted(fields)}")
+    return TrainConfig(**given)
+
+
+def prepare_files(ctx, sids, tmp: Path) -> tuple[list[str], int]:
+    """Copy each day's samples to local parquet holding only trainable rows (the target has a semantic ID;
+    optionally only positive feedback), one row group at a time so memory stays bounded."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from onerec.samples import with_known_target
+
+    files, rows = [], 0
+    only_positive = ctx.section.get("samples", "all") == "positive"
+    for day in _days(ctx):
+        src = tmp / f"{day}.src.parquet"
+        src.write_bytes(ctx.dir("features", day).read_bytes("samples.parquet"))
+        out, writer = tmp / f"{day}.parquet", None
+        pf = pq.ParquetFile(src)
+        for g in range(pf.num_row_groups):
+            t = with_known_target(pf.read_row_group(g), sids)
+            if only_positive:
+                pos = pc.or_(pc.or_(pc.equal(t["like"], 1), pc.equal(t["follow"], 1)),
+                             pc.greater_equal(pc.divide(pc.cast(t["play_time_ms"], pa.float64()),
+                                                        pc.max_element_wise(pc.cast(t["duration_ms"], pa.float64()), 1.0)), 0.8))
+                t = t.filter(pc.fill_null(pos, False))
+            if t.num_rows:
+                writer = writer or pq.ParquetWriter(out, t.schema)
+                writer.write_table(t, row_group_size=2048)
+                rows += t.num_rows
+        src.unlink()
+        if writer:
+            writer.close()
+            files.append(str(out))
+    return files, rows
+
+
+def load_model(stage_dir):
+    """A trained OneRec from a stage directory (pretrain, sft, rl): safetensors weights + model.json."""
+    from safetensors.torch import load as st_load
+
+    from onerec import model as M
+
+    meta = json.loads(stage_dir.read_bytes("model.json"))
+    cfg = M.ModelConfig(**meta["model_config"])
+    model = M.OneRec(cfg)
+    model.load_state_dict(st_load(stage_dir.read_bytes("model.safetensors")))
+    return model, meta
+
+
+def run(ctx) -> dict:
+    import mlflow
+    import torch
+    from safetensors.torch import save as st_save
+
+    from components.contract import fault
+    from onerec import model as M
+    from onerec.samples import SidTable, collate
+    from onerec.train import Checkpoints, ParquetStream, train
+
+    tok = ctx.upstream("tokenize")
+    ctx.upstream("features")
+    codebook = json.loads(tok.read_bytes("codebook.json"))
+    sids = SidTable.from_table(tok.read_table("sids"))
+    vocab = sids.vocab_sizes(codebook["sizes"])
+    mcfg, tcfg = _model_config(ctx, vocab), _train_config(ctx)
+    torch.manual_seed(tcfg.seed)
+    model = M.OneRec(mcfg)
+
+    src, warm = warm_start_source(ctx), "scratch"
+    if src is not None:
+        prev, meta = load_model(src)
+        same_arch = meta["model_config"] == json.loads(json.dumps(dataclasses.asdict(mcfg)))  # tuples -> lists
+        if meta.get("codebook_digest") == codebook["digest"] and same_arch:
+            model.load_state_dict(prev.state_dict())
+            warm = f"{src.pipeline}/{src.date}"
+        else:
+            mlflow.set_tag("onerec.warm_start_skipped", "codebook or architecture changed since " + src.date)
+
+    with tempfile.TemporaryDirectory(prefix="onerec-pretrain-") as tmp:
+        files, rows = prepare_files(ctx, sids, Path(tmp))
+        if rows < tcfg.batch_size:
+            raise BadInput(f"pretrain {ctx.date}: {rows} trainable samples cannot fill one batch of {tcfg.batch_size}")
+        stream = ParquetStream(files, tcfg.batch_size, lambda t: collate(t, mcfg, sids), seed=tcfg.seed,
+                               rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)))
+        ckpt = Checkpoints(ctx.store, ctx.scratch("checkpoints"), keep=tcfg.keep_checkpoints)
+        mlflow.log_params({"model_preset": ctx.section.get("model", "small"), "arch": mcfg.arch,
+                           "params": M.OneRec.num_params(model), "active_params": model.num_params(active=True),
+                           "warm_start": warm, "train_samples": rows, "codebook_digest": codebook["digest"][:16]})
+
+        def on_log(step, metrics):
+            mlflow.log_metrics(metrics, step=step)
+            fault("pretrain", f"step{step}")
+
+        result = train(model, stream, tcfg, ckpt, flops_per_sample=M.train_flops(mcfg), on_log=on_log)
+
+    ctx.out.write_bytes("model.safetensors", st_save({k: v.contiguous() for k, v in result["state_dict"].items()}))
+    ctx.out.write_json("model.json", {"model_config": dataclasses.asdict(mcfg), "codebook_digest": codebook["digest"],
+                                      "warm_start": warm, "trained_on": _days(ctx)})
+    ctx.out.write_json("train.json", {"train_config": dataclasses.asdict(tcfg), "losses": result["losses"],
+                                      "resumed_from": result["resumed_from"], "samples": rows})
+    mlflow.log_figure(_loss_figure(result["losses"], ctx.date), "pretrain/loss.png")
+    ckpt.clear()
+    return {"final_loss": result["final_loss"], "steps": result["steps"], "train_samples": rows,
+            "params": model.num_params(), "resumed_from_step": result["resumed_from"] or 0,
+            "warm_start": warm}
+
+
+def _loss_figure(losses, date):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses)
+    ax.set(xlabel="step", ylabel="mean NLL of the 3 semantic tokens", title=f"pretrain {date}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
