@@ -62,7 +62,7 @@ def test_info_nce_masks_repeated_items_instead_of_pushing_them_apart():
 def planted():
     """Content sees the true groups only weakly; co-engagement follows them: fusion must help."""
     rng = np.random.default_rng(0)
-    n, groups, d = 400, 20, 32
+    n, groups, d = 300, 20, 32
     group = rng.integers(0, groups, n)
     signal = rng.normal(size=(groups, d))
     content = (0.4 * signal[group] + rng.normal(size=(n, d))).astype(np.float32)
@@ -78,12 +78,12 @@ def test_fusion_aligns_held_out_co_engaged_items_and_is_deterministic(planted):
     content, pairs = planted
     ids = np.arange(len(content))
     train, held = fusion.split_pairs(pairs, 0.2, seed=0)
-    cfg = fusion.FusionConfig(dim=16, hidden=64, steps=150, batch_size=128, lr=3e-3, progress=False)
+    cfg = fusion.FusionConfig(dim=16, hidden=64, steps=200, batch_size=128, lr=3e-3, progress=False)
     model, info = fusion.train(content, *fusion.to_rows(train, ids), cfg)
     fused = fusion.apply(model, content)
     ha, hb, _ = fusion.to_rows(held, ids)
     before, after = fusion.neighbour_recall(content, ha, hb), fusion.neighbour_recall(fused, ha, hb)
-    assert after > before + 0.1, (before, after)
+    assert after > before + 0.15, (before, after)
     assert np.allclose(np.linalg.norm(fused, axis=1), 1, atol=1e-5) and info["contrastive"]
     again = fusion.apply(fusion.train(content, *fusion.to_rows(train, ids), cfg)[0], content)
     assert np.array_equal(fused, again)
