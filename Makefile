@@ -13,10 +13,13 @@ DEMO_END   ?= 2026-01-03
 
 .PHONY: install demo test lint clean
 
+# uv is run as a module so that a fresh `pip install --user` works without ~/.local/bin on PATH.
+UV := $(PYTHON) -m uv
+
 $(VENV)/.installed: pyproject.toml Makefile
-	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q --user uv==$(UV_VERSION) || $(PYTHON) -m pip install -q uv==$(UV_VERSION)
-	@test -x $(VENV)/bin/python || uv venv -q --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install -q $(TORCH_SRC) -e '.[$(EXTRAS)]' pip
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q --user uv==$(UV_VERSION) || $(PYTHON) -m pip install -q uv==$(UV_VERSION)
+	@test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q $(TORCH_SRC) -e '.[$(EXTRAS)]' pip
 	@touch $@
 
 install: $(VENV)/.installed
