@@ -19,7 +19,7 @@ UV := $(PYTHON) -m uv
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q --user uv==$(UV_VERSION) || $(PYTHON) -m pip install -q uv==$(UV_VERSION)
 	@test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip install -q $(TORCH_SRC) -e '.[$(EXTRAS)]' pip
+	$(UV) pip install -q --python $(VENV)/bin/python $(TORCH_SRC) -e '.[$(EXTRAS)]' pip
 	@touch $@
 
 install: $(VENV)/.installed
