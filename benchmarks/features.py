@@ -144,11 +144,16 @@ def main() -> None:
     meta = {"master": args.master, "cpus": os.cpu_count(), "python": platform.python_version(),
             "load_average_at_end": os.getloadavg(), "base_users": args.base_users}
     (out / "features.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    md = table(results)
-    (out / "features.md").write_text(
-        f"Spark features job on {args.master} ({os.cpu_count()} CPUs), synthetic world of {args.base_users:,} x size users, "
-        f"two days: day 1 without history (cold JVM), day 2 from day 1's state.\n\n{md}\n")
+    md = render(meta, results)
+    (out / "features.md").write_text(md)
     print(md)
+
+
+def render(meta: dict, results: list[dict]) -> str:
+    load = ", ".join(f"{x:.1f}" for x in meta["load_average_at_end"])
+    return (f"Spark features job on {meta['master']} ({meta['cpus']} CPUs, load average {load} at the end), "
+            f"synthetic world of {meta['base_users']:,} x size users, two days: day 1 without history (cold JVM), "
+            f"day 2 from day 1's state.\n\n{table(results)}\n")
 
 
 if __name__ == "__main__":

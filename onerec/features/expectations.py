@@ -102,11 +102,16 @@ def _frame(name: str, t: pa.Table) -> pd.DataFrame:
 
 
 def check_frames(files: dict) -> dict[str, pd.DataFrame]:
-    """name -> check frame, from parquet file paths or pyarrow tables."""
+    """name -> check frame, from parquet file paths or pyarrow tables. Files are read one row group at
+    a time: the gate holds the per-row facts, not the context lists."""
     out = {}
     for name, src in files.items():
-        t = src if isinstance(src, pa.Table) else pq.read_table(src, columns=CHECK_COLUMNS.get(name))
-        out[name] = _frame(name, t)
+        if isinstance(src, pa.Table):
+            out[name] = _frame(name, src)
+            continue
+        f = pq.ParquetFile(src)
+        parts = [_frame(name, f.read_row_group(i, columns=CHECK_COLUMNS.get(name))) for i in range(f.num_row_groups)]
+        out[name] = pd.concat(parts, ignore_index=True) if parts else _frame(name, f.schema_arrow.empty_table())
     return out
 
 

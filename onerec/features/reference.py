@@ -12,10 +12,10 @@ import pandas as pd
 import pyarrow as pa
 
 from onerec.features import longterm
-from onerec.features.common import (EVENT_FIELDS, ITEM_STATS, ORDER, OUTPUTS, PROFILE_PREFIX, REWARD_HISTORY,
-                                    REWARDS, SAMPLES, SORT_KEYS, USER_STATE, Params)
+from onerec.features.common import (EVENT_FIELDS, ITEM_STATS, ORDER, PROFILE_PREFIX, REWARD_HISTORY, REWARDS,
+                                    SAMPLES, SORT_KEYS, USER_STATE, Params)
 from onerec.features.reward import duration_bucket, is_positive, percentile_rank
-from onerec.schemas import DAY_MS, FLAGS, IMPRESSIONS
+from onerec.schemas import FLAGS, IMPRESSIONS
 
 _COLS = list(IMPRESSIONS.names)
 
@@ -172,18 +172,3 @@ def item_stats(day: pd.DataFrame, items: pa.Table, day_start_ms: int) -> pa.Tabl
 
 def sort(name: str, table: pa.Table) -> pa.Table:
     return table.sort_by([(k, "ascending") for k in SORT_KEYS[name]])
-
-
-def split_days(impressions: pa.Table | pd.DataFrame, date: str):
-    """(earlier impressions, the day's impressions) of a whole log, by UTC day of ts."""
-    from onerec.schemas import day_start_ms
-
-    t = impressions if isinstance(impressions, pa.Table) else pa.Table.from_pandas(impressions, preserve_index=False)
-    import pyarrow.compute as pc
-
-    start = day_start_ms(date)
-    return t.filter(pc.less(t["ts"], start)), \
-        t.filter(pc.and_(pc.greater_equal(t["ts"], start), pc.less(t["ts"], start + DAY_MS)))
-
-
-__all__ = ["features", "item_stats", "sort", "split_days", "OUTPUTS"]

@@ -16,10 +16,15 @@ their order in the log. The long-term pathway is computed once per user per day 
 items as of the start of day D (a slowly changing signal; intra-day events reach the model through the
 short-term and positive pathways).
 
-Per-impression context without a per-impression scan: for each user, one sorted array of its
-history-plus-day events; a strict range window (`rangeBetween(unboundedPreceding, -1)` on ts) counts the
-day's events before each impression, and the context is a `slice` of the array ending there. The same
-trick gives the positive pathway and, per (user, bucket), the play-time history of the percentile rank.
+The plan: one shuffle groups, per user, the state rows and the day's events into sorted arrays (state
+short-term and positive events, lifelong items, per-bucket plays; the day's events). Two range windows
+on ts over the day's events (`rangeBetween(unboundedPreceding, -1)`, by user and by user and bucket)
+count, for each impression, the user's events, positives and same-bucket plays strictly before it; its
+pathways are then `slice`s of the arrays ending there (no per-impression scan of the history), and
+the end-of-day state is the tail of the same arrays. The arrays travel with each of the user's rows
+inside one task, so a user with n events a day moves O(n^2) bytes: nothing at human activity levels;
+a bot with 10^5 impressions a day should be filtered before this job. The long-term pathway is a
+scalar pandas UDF (numpy k-means) per active user.
 Outputs are deterministic (sorted, one file each) so a rerun yields identical bytes.
 """
 from __future__ import annotations
@@ -201,7 +206,7 @@ def build(spark, inp: Inputs, p: Params) -> dict:
 
     day = _annotate(spark.read.parquet(inp.impressions).select(*IMPRESSIONS.names), p)
     items = spark.read.parquet(inp.items)
-    attrs = F.broadcast(items.select("item_id", "author_id", "tags"))
+    attrs = items.select("item_id", "author_id", "tags")   # small catalogs are broadcast by Spark itself
     users = spark.read.parquet(inp.users)
     profile_cols = [f.name for f in users.schema.fields if f.name != "user_id" and not isinstance(f.dataType, T.NullType)]
 
@@ -289,7 +294,7 @@ def build(spark, inp: Inputs, p: Params) -> dict:
                  F.when(F.col("bucket").isNull() | F.col("play_time_ms").isNull(), F.lit(None))
                  .when(n_hist == 0, F.lit(p.empty_q)).otherwise(below / n_hist).alias("q"))
     if profile_cols:
-        t = t.join(F.broadcast(users.select("user_id", *[F.col(c).alias(PROFILE_PREFIX + c) for c in profile_cols])),
+        t = t.join(users.select("user_id", *[F.col(c).alias(PROFILE_PREFIX + c) for c in profile_cols]),
                    "user_id", "left")
     exprs = {
         **{f"short_{k}": F.col("_sc").getField(k) for k in ("item_id", "author_id", "tags", "ts", "play_time_ms",
@@ -360,9 +365,9 @@ def write(frames: dict, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     files = {}
 
-    def one(df, name):
+    def one(df, name, sort=True):
         path = out_dir / name
-        df = df.repartition(1).sortWithinPartitions(*SORT_KEYS[name])
+        df = df.repartition(1).sortWithinPartitions(*SORT_KEYS[name]) if sort else df.coalesce(1)
         df.write.mode("overwrite").option("compression", "zstd").parquet(str(path))
         parts = sorted(path.glob("part-*.parquet"))
         if len(parts) != 1:
@@ -372,23 +377,13 @@ def write(frames: dict, out_dir: str | Path) -> dict[str, Path]:
     try:
         for name in ("samples", "user_state", "reward_history", "item_stats"):
             one(frames[name], name)
+        # rewards: columns of the written samples (one sorted file: read back in order, coalesce keeps it)
+        spark = frames["samples"].sparkSession
+        one(spark.read.parquet(str(files["samples"])).select(*REWARDS.names), "rewards", sort=False)
     finally:
         for df in frames.get("_cached", ()):
             df.unpersist()
-    files["rewards"] = out_dir / "rewards.parquet"
-    _select_columns(files["samples"], files["rewards"], REWARDS.names)
     return {name: files[name] for name in OUTPUTS}
-
-
-def _select_columns(src: Path, dest: Path, columns) -> None:
-    """A parquet file holding some columns of another, streamed batch by batch (flat memory)."""
-    import pyarrow.parquet as pq
-
-    f = pq.ParquetFile(src)
-    with pq.ParquetWriter(dest, pa.schema(
-            [f.schema_arrow.field(c) for c in columns]), compression="zstd") as w:
-        for batch in f.iter_batches(batch_size=65536, columns=list(columns)):
-            w.write_batch(batch)
 
 
 def run(spark, inp: Inputs, p: Params, out_dir: str | Path) -> dict[str, Path]:
