@@ -163,6 +163,12 @@ def run_sids(ds, vec, variants) -> list[dict]:
     return out
 
 
+def duplicate_floor(items) -> float:
+    """Collision rate that identical content forces on any content-only tokenizer: 1 - distinct/items."""
+    tags = items["tags"].map(lambda t: ",".join(map(str, t)) if t is not None else "")
+    return 1 - (items["text"].fillna("") + "#" + tags).nunique() / len(items)
+
+
 def markdown(rows: list[dict], cols: list[str]) -> str:
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     return head + "\n".join("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows)
@@ -204,6 +210,9 @@ def main() -> int:
             results[key] = {"rows": rows}
             continue
         vec = build_vectors(ds, encoder, cache, fcfg=fcfg)
+        floor = duplicate_floor(ds["items"])
+        print(f"content-duplicate floor: {floor:.3f} of the items share their text and tags with another item "
+              "(no content-only tokenizer can tell them apart)")
         print(f"text: {ds['text_note']}; blocks {vec['blocks']}; {vec['pairs']} co-engaged pairs, "
               f"{vec['held_pairs']} held out; alignment recall@10 content {vec['recall10_content']:.4f} -> "
               f"fused {vec['recall10_fused']:.4f} (text {vec['seconds_text']} s, fusion {vec['seconds_fusion']} s)", flush=True)
@@ -216,10 +225,13 @@ def main() -> int:
                 "purity1_department", "chance1_department", "purity2_leaf", "chance2_leaf"]
         print(markdown(rows, cols), flush=True)
         results[key] = {"items": len(ds["items"]), "text": ds["text_note"], "blocks": vec["blocks"],
+                        "content_duplicate_floor": floor,
                         "alignment": {k: vec[k] for k in ("recall10_content", "recall10_fused", "pairs", "held_pairs")},
                         "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if out.exists() else {}   # a partial run updates its datasets only
+    out.write_text(json.dumps({**previous, **results}, indent=2, default=str))
     print(f"\nwrote {args.out}")
     return 0
 

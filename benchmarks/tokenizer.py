@@ -8,6 +8,8 @@ Rows: n in {100k, 1M} Gaussian vectors (d=256; the hardest case for k-means: no 
 x codebooks {3x256, 3x8192} x {plain, balanced}, with the stage's default RQConfig (32 training points
 per centroid, 20 Lloyd iterations, neighbour search for K >= 1024, slack 5%). Reported: wall time,
 max/mean cluster size per level, final residual error.
+Wall time depends on what else runs on the machine: the CPU time (both threads) and the 1-minute load
+average at the end of each run are recorded next to it.
 Comparison: balanced RQ-KMeans vs the PyPI package k-means-constrained (min-cost-flow balanced
 k-means, the usual reference) on 20k vectors with the same size cap; k-means-constrained runs in a
 subprocess with a time limit and n_init=1 (its default 10 restarts would take 10x longer).
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -43,12 +44,13 @@ def vectors(n: int, seed: int = 0) -> np.ndarray:
 def run_rq(n: int, k: int, balanced: bool, levels: int = 3) -> dict:
     x = vectors(n)
     cfg = rq.RQConfig(levels=levels, codebook_size=k, balanced=balanced, progress=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _, codes, st = rq.fit(x, cfg)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     levels_st = metrics.level_stats(codes, [k] * levels)
     return {"n": n, "codebooks": f"{levels}x{k}", "mode": "balanced" if balanced else "plain",
-            "seconds": round(seconds, 1), "max_over_mean": [round(s["max_over_mean"], 3) for s in levels_st],
+            "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "load_avg_1min": round(os.getloadavg()[0], 1),
+            "max_over_mean": [round(s["max_over_mean"], 3) for s in levels_st],
             "max_size": [s["max_size"] for s in levels_st], "utilization": [round(s["utilization"], 3) for s in levels_st],
             "residual_error": round(st["residual_error"][-1], 4)}
 
@@ -83,7 +85,7 @@ def run_kmc(n: int, k: int, timeout: int) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["n", "codebooks", "mode", "seconds", "max_over_mean", "utilization", "residual_error"]
+    cols = ["n", "codebooks", "mode", "seconds", "cpu_seconds", "load_avg_1min", "max_over_mean", "utilization", "residual_error"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []

@@ -66,63 +66,37 @@ def external_inputs(ctx) -> dict:
 
 def run(ctx) -> dict:
     import mlflow
-    import numpy as np
 
     from onerec.item import fusion
-    from onerec.item.cache import EmbeddingCache
-    from onerec.item.encoders import EmbedConfig, FeatureLayout, content_vectors, fit_layout, text_vectors
-    from onerec.item.vectors import safetensors_has_tensors, safetensors_metadata, to_arrow
+    from onerec.item.encoders import EmbedConfig, content_vectors, fit_layout
+    from onerec.item.vectors import to_arrow
 
-    cfg = EmbedConfig.from_dict(ctx.section)
-    fcfg = fusion.FusionConfig.from_dict(ctx.section.get("fusion"))
+    cfg, fcfg = EmbedConfig.from_dict(ctx.section), fusion.FusionConfig.from_dict(ctx.section.get("fusion"))
     items, today, window = _read_inputs(ctx)
-
-    # -- the frozen state, unless refitting -----------------------------------------------------
     encoder = _text_encoder(ctx)
-    prev, model, layout, reason = _previous(ctx), None, None, "bootstrap" if _refit_requested(ctx) else "no previous state"
-    frozen_state = prev.read_bytes(STATE) if prev is not None else None
-    if frozen_state is not None:
-        meta = safetensors_metadata(frozen_state)
-        model = fusion.load(frozen_state)[0] if safetensors_has_tensors(frozen_state) else None
-        layout = FeatureLayout.from_json(meta["layout"])
-        reason = None
-        if layout.text_model is not None and layout.text_model != encoder.fingerprint:
-            model, layout, reason = None, None, "text model changed"
-        elif json.loads(meta["config"]) != _identity(ctx.section):
-            model, layout, reason = None, None, "embed config changed"
+    frozen, model, layout, reason = _frozen_state(ctx, encoder)
     refit = layout is None
 
-    # -- content vectors (only new or changed texts are encoded) -------------------------------
-    has_text = items["text"].notna().any() if "text" in items else False
-    text, encoded = None, 0
-    if has_text or (layout is not None and layout.text_model is not None):
-        cache = EmbeddingCache(ctx.store, encoder.fingerprint, cfg.cache_max_shards) if ctx.section.get("cache", True) else None
-        text, encoded = text_vectors(items["text"].tolist() if "text" in items else [None] * len(items), encoder, cache)
+    # content vectors: only new or changed texts are encoded (content-hash cache)
+    wants_text = ("text" in items and items["text"].notna().any()) if refit else layout.text_model is not None
+    text, encoded = _text(ctx, items, encoder) if wants_text else (None, 0)
     if refit:
         layout = fit_layout(items, cfg, text, encoder.fingerprint)
     content = content_vectors(items, layout, text)
-    item_ids = items["item_id"].to_numpy(dtype=np.int64)
+    item_ids = items["item_id"].to_numpy(dtype="int64")
 
-    # -- collaborative fusion ------------------------------------------------------------------
-    pairs = fusion.mine_pairs(fusion.positives(window, fcfg.long_view), fcfg.pair_window, fcfg.popularity_alpha)
-    if refit:
-        train_pairs, held = fusion.split_pairs(pairs, fcfg.holdout, fcfg.seed)
-    else:   # frozen: every pair of day D is new to the projection
-        train_pairs = pairs.iloc[:0]
-        held = fusion.mine_pairs(fusion.positives(today, fcfg.long_view), fcfg.pair_window, fcfg.popularity_alpha)
+    # collaborative fusion: refit on the window's pairs, or apply the frozen projection
+    pairs = _pairs(window, fcfg)
+    train_pairs, held = fusion.split_pairs(pairs, fcfg.holdout, fcfg.seed) if refit else (pairs.iloc[:0], _pairs(today, fcfg))
     info = {}
     if refit and fcfg.enabled:
-        a, b, w = fusion.to_rows(train_pairs, item_ids)
-        model, info = fusion.train(content, a, b, w, fcfg)
+        model, info = fusion.train(content, *fusion.to_rows(train_pairs, item_ids), fcfg)
         _log_losses(mlflow, info["history"])
     fused = fusion.apply(model, content) if model is not None else _unit(content)
     ha, hb, _ = fusion.to_rows(held, item_ids)
-    recall_before = fusion.neighbour_recall(content, ha, hb, 10)
-    recall_after = fusion.neighbour_recall(fused, ha, hb, 10)
 
-    # -- save ------------------------------------------------------------------------------------
-    state = frozen_state if not refit else _state_bytes(model, layout, ctx.section, f"{ctx.pipeline}/{ctx.date}")
-    space = sha256(state)
+    # save
+    state = _state_bytes(model, layout, ctx.section, f"{ctx.pipeline}/{ctx.date}") if refit else frozen
     ctx.out.write_bytes(STATE, state)
     ctx.out.write_table("vectors", _table(item_ids, to_arrow(fused)))
     ctx.out.write_table("content_vectors", _table(item_ids, to_arrow(content)))
@@ -130,18 +104,62 @@ def run(ctx) -> dict:
         "items": len(items), "dim": int(fused.shape[1]), "content_dim": int(content.shape[1]),
         "text_items": int(items["text"].notna().sum()) if text is not None else 0, "text_encoded": int(encoded),
         "refit": int(refit), "pairs": len(pairs), "train_pairs": len(train_pairs), "held_pairs": int(len(ha)),
-        "recall10_content": recall_before, "recall10_fused": recall_after,
+        # alignment: recall@10 of held-out co-engaged neighbours among the k-NN, before and after fusion
+        "recall10_content": fusion.neighbour_recall(content, ha, hb, 10),
+        "recall10_fused": fusion.neighbour_recall(fused, ha, hb, 10),
     }
     if info:
         metrics.update({"fusion_nce": info["final_nce"] if info["final_nce"] is not None else float("nan"),
                         "fusion_content_loss": info["final_content"], "fusion_contrastive": int(info["contrastive"])})
+    space = sha256(state)
     ctx.out.write_json("encoder.json", {
         "space": space, "refit": refit, "refit_reason": reason if refit else None,
-        "fitted_on": safetensors_metadata(state).get("fitted_on"),
-        "blocks": layout.blocks, "text_model": encoder.ref if layout.text_model else None, "metrics": metrics,
+        "fitted_on": _metadata(state).get("fitted_on"), "blocks": layout.blocks,
+        "text_model": encoder.ref if layout.text_model else None, "metrics": metrics,
     })
     mlflow.set_tag("onerec.embed_space", space[:16])
     return {k: (v if v == v else -1.0) for k, v in metrics.items()}   # NaN (no held-out pairs) -> -1
+
+
+def _frozen_state(ctx, encoder):
+    """(state bytes, projection, layout, refit reason) of the previous run; layout None = refit."""
+    from onerec.item import fusion
+    from onerec.item.encoders import FeatureLayout
+    from onerec.item.vectors import safetensors_has_tensors
+
+    prev = _previous(ctx)
+    if prev is None:
+        return None, None, None, "bootstrap" if _refit_requested(ctx) else "no previous state"
+    state = prev.read_bytes(STATE)
+    meta = _metadata(state)
+    layout = FeatureLayout.from_json(meta["layout"])
+    if layout.text_model is not None and layout.text_model != encoder.fingerprint:
+        return None, None, None, "text model changed"
+    if json.loads(meta["config"]) != _identity(ctx.section):
+        return None, None, None, "embed config changed"
+    return state, fusion.load(state)[0] if safetensors_has_tensors(state) else None, layout, None
+
+
+def _text(ctx, items, encoder):
+    from onerec.item.cache import EmbeddingCache
+    from onerec.item.encoders import text_vectors
+
+    use_cache = ctx.section.get("cache", True)
+    cache = EmbeddingCache(ctx.store, encoder.fingerprint, int(ctx.section.get("cache_max_shards", 32))) if use_cache else None
+    texts = items["text"].tolist() if "text" in items else [None] * len(items)
+    return text_vectors(texts, encoder, cache)
+
+
+def _pairs(impressions, fcfg):
+    from onerec.item import fusion
+
+    return fusion.mine_pairs(fusion.positives(impressions, fcfg.long_view), fcfg.pair_window, fcfg.popularity_alpha)
+
+
+def _metadata(state: bytes) -> dict:
+    from onerec.item.vectors import safetensors_metadata
+
+    return safetensors_metadata(state)
 
 
 def _read_inputs(ctx):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from onerec.errors import BadInput
 from onerec.store import StageDir, sha256
 
@@ -40,7 +42,6 @@ def _identity(section: dict) -> dict:
 
 def run(ctx) -> dict:
     import mlflow
-    import numpy as np
 
     from onerec.item import metrics as sid_metrics
     from onerec.item import rqkmeans
@@ -48,89 +49,117 @@ def run(ctx) -> dict:
 
     cfg = rqkmeans.RQConfig.from_dict(ctx.section)
     cfg.sizes(), rqkmeans.use_graph(cfg.search, 2)     # a bad config fails before any work (exit 2)
-    item_ids, x, space = _read_vectors(ctx)
     mode = ctx.section.get("collision", "reassign")
     if mode not in rqkmeans.COLLISION_MODES:
         raise BadInput(f"tokenize.collision={mode!r}; known: {', '.join(rqkmeans.COLLISION_MODES)}")
+    item_ids, x, space = _read_vectors(ctx)
+    old_ids, old_sids, books, reason = _frozen(ctx, space)
 
-    prev = _previous(ctx)
-    old_ids, old_sids, books, reason = None, None, None, None
-    if prev is not None:
-        old = prev.read_table("sids")
-        old_ids, old_sids = old["item_id"].to_numpy(), _sid_matrix(old["sid"])
-        info = json.loads(prev.read_bytes("codebook.json"))
-        reason = ("bootstrap" if ctx.pipeline == "bootstrap" else "tokenize.refit" if ctx.section.get("refit")
-                  else "embedding space changed" if info["space"] != space
-                  else "tokenize config changed" if info["config"] != _identity(ctx.section) else None)
-        if reason is None:
-            books = rqkmeans.Codebooks.from_bytes(ctx.store.read_bytes(info["key"]))
-    else:
-        reason = "no previous run"
-
-    stats, n_new = {}, len(item_ids)
-    if books is None:                                   # fit: every item gets a fresh SID
-        books, codes, stats = rqkmeans.fit(x, cfg)
+    if books is None:       # fit: every item gets a fresh SID
+        books, codes, _ = rqkmeans.fit(x, cfg)
         books.meta.update({"space": space, "fitted_on": f"{ctx.pipeline}/{ctx.date}"})
-        native = sid_metrics.collisions(codes)
-        sids = rqkmeans.resolve_collisions(codes, x, books, mode)
-        ids = item_ids
-    else:                                               # assign: existing SIDs kept, new items coded
-        new = ~np.isin(item_ids, old_ids)
-        n_new, levels = int(new.sum()), len(books.sizes)
-        codes, _ = books.encode(x[new])
-        native = sid_metrics.collisions(np.concatenate([old_sids[:, :levels], codes]))  # new codes vs kept SIDs
-        taken = rqkmeans.sid_keys(old_sids[:, :levels], books.sizes)
-        extra = rqkmeans.extra_level_state(old_sids, books.sizes) if mode == "extra_level" else None
-        new_sids = rqkmeans.resolve_collisions(codes, x[new], books, mode, taken=taken, extra_taken=extra)
-        ids = np.concatenate([old_ids, item_ids[new]])
-        sids = np.concatenate([old_sids, new_sids]) if len(new_sids) else old_sids
-        order = np.argsort(ids, kind="stable")
-        ids, sids = ids[order], sids[order]
+        ids, sids = item_ids, rqkmeans.resolve_collisions(codes, x, books, mode)
+        native, n_new = sid_metrics.collisions(codes), len(item_ids)
+    else:                   # assign: existing SIDs kept, new items coded with the frozen codebooks
+        ids, sids, native, n_new = _assign_new(item_ids, x, old_ids, old_sids, books, mode)
+    refit = reason is not None
 
-    # -- save ------------------------------------------------------------------------------------
-    book_bytes = books.to_bytes()
-    digest = sha256(book_bytes)
-    key = f"{CODEBOOKS}/{digest}/codebooks.safetensors"
-    if not ctx.store.exists(key):                       # content-addressed: a rerun writes nothing new
-        ctx.store.write_bytes(key, book_bytes)
-        ctx.store.write_bytes(f"{CODEBOOKS}/{digest}/meta.json", json.dumps(books.meta, indent=2, sort_keys=True).encode())
+    digest, key = _save_codebooks(ctx, books)
     ctx.out.write_table("sids", _sid_table(ids, sids))
     ctx.out.write_table("sid_items", _sid_items(ids, sids))
     ctx.out.write_bytes("trie.safetensors", SidTrie.build(sids, ids).to_bytes())
     remapped = 0
-    if old_ids is not None and stats:                   # a refit over earlier SIDs: old -> new for every item
+    if refit and old_ids is not None:   # old -> new for every item that had a SID
         remap = _remap(old_ids, old_sids, ids, sids)
-        remapped = int(remap.num_rows)
+        remapped = remap.num_rows
         ctx.out.write_table("remap", remap)
     ctx.out.write_json("codebook.json", {
         "digest": digest, "key": key, "uri": ctx.store.uri(key), "sizes": books.sizes, "levels": len(books.sizes),
-        "dim": books.dim, "space": space, "fitted_on": books.meta.get("fitted_on"), "refit": bool(stats),
-        "refit_reason": reason if stats else None, "collision": mode, "config": _identity(ctx.section),
+        "dim": books.dim, "space": space, "fitted_on": books.meta.get("fitted_on"), "refit": refit,
+        "refit_reason": reason, "collision": mode, "config": _identity(ctx.section),
     })
 
-    # -- metrics on today's catalog --------------------------------------------------------------
+    metrics = _metrics(item_ids, x, ids, sids, books)
+    metrics.update({"new_items": n_new, "refit": int(refit), "remapped": remapped,
+                    "native_collision_rate": native["collision_rate"]})
+    levels = len(books.sizes)
     current = np.isin(ids, item_ids)
-    cur_ids, cur_sids = ids[current], sids[current]
-    rows = np.searchsorted(item_ids, cur_ids)
-    summary = sid_metrics.summary(cur_sids[:, :len(books.sizes)], books.sizes)
-    residual = _residual_errors(x[rows], cur_sids[:, :len(books.sizes)], books)
-    result = {
-        "items": len(item_ids), "sids": len(ids), "new_items": n_new,
-        "refit": int(bool(stats)), "remapped": remapped, "native_collision_rate": native["collision_rate"],
-        "collision_rate": sid_metrics.collisions(cur_sids)["collision_rate"],
-        **{k: v for k, v in summary.items() if k not in ("collision_rate", "distinct_sids")},
-        **{f"level{i}_residual_error": r for i, r in enumerate(residual)},
-        **{f"level{i}_codebook_size": k for i, k in enumerate(books.sizes)},
-    }
-    fig = sid_metrics.plot_cluster_sizes(cur_sids[:, :len(books.sizes)], books.sizes,
+    fig = sid_metrics.plot_cluster_sizes(sids[current, :levels], books.sizes,
                                          title=f"cluster sizes per level, {ctx.pipeline} {ctx.date}")
     mlflow.log_figure(fig, "tokenize/cluster_sizes.png")
-    mlflow.set_tags({"onerec.codebook_digest": digest[:16], "onerec.tokenize_refit": str(bool(stats))})
-    return result
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    mlflow.log_dict({"levels": sid_metrics.level_stats(sids[current, :levels], books.sizes), "metrics": metrics},
+                    "tokenize/sid_quality.json")
+    mlflow.set_tags({"onerec.codebook_digest": digest[:16], "onerec.tokenize_refit": str(refit)})
+    return metrics
+
+
+def _frozen(ctx, space: str):
+    """(old item ids, old SIDs, frozen codebooks, refit reason) from the previous run; codebooks None = refit."""
+    from onerec.item import rqkmeans
+
+    prev = _previous(ctx)
+    if prev is None:
+        return None, None, None, "no previous run"
+    old = prev.read_table("sids")
+    old_ids, old_sids = old["item_id"].to_numpy().astype("int64"), _sid_matrix(old["sid"])
+    info = json.loads(prev.read_bytes("codebook.json"))
+    reason = ("bootstrap" if ctx.pipeline == "bootstrap" else "tokenize.refit" if ctx.section.get("refit")
+              else "embedding space changed" if info["space"] != space
+              else "tokenize config changed" if info["config"] != _identity(ctx.section) else None)
+    books = rqkmeans.Codebooks.from_bytes(ctx.store.read_bytes(info["key"])) if reason is None else None
+    return old_ids, old_sids, books, reason
+
+
+def _assign_new(item_ids, x, old_ids, old_sids, books, mode):
+    """Keep every existing SID; code the items that have none; returns (ids, sids, native collisions, n new)."""
+    from onerec.item import metrics as sid_metrics
+    from onerec.item import rqkmeans
+
+    levels = len(books.sizes)
+    new = ~np.isin(item_ids, old_ids)
+    codes, _ = books.encode(x[new])
+    native = sid_metrics.collisions(np.concatenate([old_sids[:, :levels], codes]))   # new codes vs kept SIDs
+    taken = rqkmeans.sid_keys(old_sids[:, :levels], books.sizes)
+    extra = rqkmeans.extra_level_state(old_sids, books.sizes) if mode == "extra_level" else None
+    new_sids = rqkmeans.resolve_collisions(codes, x[new], books, mode, taken=taken, extra_taken=extra)
+    ids = np.concatenate([old_ids, item_ids[new]])
+    sids = np.concatenate([old_sids, new_sids])
+    order = np.argsort(ids, kind="stable")
+    return ids[order], sids[order], native, int(new.sum())
+
+
+def _save_codebooks(ctx, books) -> tuple[str, str]:
+    """Content-addressed: the same codebooks are written once, a rerun writes nothing new."""
+    data = books.to_bytes()
+    digest = sha256(data)
+    key = f"{CODEBOOKS}/{digest}/codebooks.safetensors"
+    if not ctx.store.exists(key):
+        ctx.store.write_bytes(key, data)
+        ctx.store.write_bytes(f"{CODEBOOKS}/{digest}/meta.json", json.dumps(books.meta, indent=2, sort_keys=True).encode())
+    return digest, key
+
+
+def _metrics(item_ids, x, ids, sids, books) -> dict:
+    """Code usage, entropy, cluster sizes and residual error per level, on today's catalog."""
+    from onerec.item import metrics as sid_metrics
+
+    levels = len(books.sizes)
+    current = np.isin(ids, item_ids)
+    cur = sids[current]
+    rows = np.searchsorted(item_ids, ids[current])
+    per_level = sid_metrics.summary(cur[:, :levels], books.sizes)
+    coll = sid_metrics.collisions(cur)
+    out = {"items": len(item_ids), "sids": len(ids), **{k: coll[k] for k in ("collision_rate", "colliding_items", "max_items_per_sid")}}
+    out.update({k: v for k, v in per_level.items() if k.startswith("level")})
+    out.update({f"level{i}_residual_error": r for i, r in enumerate(_residual_errors(x[rows], cur[:, :levels], books))})
+    out.update({f"level{i}_codebook_size": k for i, k in enumerate(books.sizes)})
+    return out
 
 
 def _read_vectors(ctx):
-    import numpy as np
     import pyarrow as pa
 
     from onerec.item.vectors import from_arrow
@@ -152,7 +181,6 @@ def _read_vectors(ctx):
 
 
 def _sid_matrix(column):
-    import numpy as np
 
     col = column.combine_chunks()
     lengths = np.asarray(col.value_lengths())
@@ -168,7 +196,6 @@ def _sid_table(ids, sids):
 
 
 def _sid_items(ids, sids):
-    import numpy as np
     import pyarrow as pa
 
     uniq, inverse = np.unique(sids, axis=0, return_inverse=True)
@@ -182,7 +209,6 @@ def _sid_items(ids, sids):
 
 
 def _remap(old_ids, old_sids, ids, sids):
-    import numpy as np
     import pyarrow as pa
 
     both = np.isin(old_ids, ids)
@@ -197,7 +223,6 @@ def _remap(old_ids, old_sids, ids, sids):
 
 def _residual_errors(x, codes, books) -> list[float]:
     """||x - reconstruction after level l||^2 / ||x||^2 for the items' actual SIDs (drift monitor)."""
-    import numpy as np
 
     base = float((x.astype(np.float64) ** 2).sum(1).mean()) or 1.0
     r = x.astype(np.float64).copy()
