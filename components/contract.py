@@ -117,7 +117,7 @@ def run_stage(name: str, date: str, config: dict, *, force: bool = False) -> Res
     fault(name, "start")
     started = time.time()
     with tracking.stage_run(cfg["mlflow"]["tracking_uri"], cfg["mlflow"]["experiment"], pipeline, date, name,
-                            fresh=fresh) as run:
+                            fresh=fresh, artifact_location=cfg["mlflow"].get("artifact_location")) as run:
         import mlflow
 
         ctx.mlflow_run_id = run.info.run_id

@@ -45,12 +45,12 @@ def code_version() -> str:
         return "unknown"
 
 
-def _experiment(mlflow, name: str) -> str:
+def _experiment(mlflow, name: str, artifact_location: str | None = None) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return mlflow.create_experiment(name)
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
     except Exception:  # another process created it first
         return mlflow.get_experiment_by_name(name).experiment_id
 
@@ -64,7 +64,8 @@ def _find(client, exp_id: str, tags: dict, parent_only: bool = False):
 
 
 @contextlib.contextmanager
-def stage_run(tracking_uri: str, experiment: str, pipeline: str, date: str, stage: str, *, fresh: bool):
+def stage_run(tracking_uri: str, experiment: str, pipeline: str, date: str, stage: str, *, fresh: bool,
+              artifact_location: str | None = None):
     """Context manager yielding the active nested MLflow run of this stage.
 
     fresh=False: reuse the newest unfinished run of this stage (a retry). fresh=True is decided by the
@@ -75,7 +76,7 @@ def stage_run(tracking_uri: str, experiment: str, pipeline: str, date: str, stag
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient()
-    exp_id = _experiment(mlflow, experiment)
+    exp_id = _experiment(mlflow, experiment, artifact_location)
     run_key = f"{pipeline}/{date}"
     base_tags = {TAG_RUN_KEY: run_key, TAG_DATE: date, TAG_PIPELINE: pipeline, TAG_CODE: code_version()}
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from support import DEBUG_CONFIG, REPO, SHARED_DATA, run_cli  # noqa: F401  (re-exported)
+from support import DEBUG_CONFIG, REPO, SHARED_DATA, copy_home, run_cli  # noqa: F401  (re-exported)
 
 # Tests never reach the network and never write into the developer's home.
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -45,3 +46,36 @@ def s3_env(s3_server, monkeypatch):
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     return bucket
 
+
+
+# -- one finished debug pipeline, shared by every test that needs trained upstream stages ----------------
+
+PIPELINE_DATES = ("2026-01-01", "2026-01-02")
+
+
+@pytest.fixture(scope="session")
+def debug_pipeline(tmp_path_factory) -> Path:
+    """A read-only ONEREC_HOME where the debug world ran every stage through `pretrain` for PIPELINE_DATES.
+
+    Built once per test session through the real CLI; xdist workers share it (the first one builds it
+    under a file lock, the others wait and reuse it). Tests copy it with `pipeline_home`, never write here.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent    # shared by the xdist workers of this session
+    snapshot = root / "debug_pipeline"
+    with FileLock(str(root / "debug_pipeline.lock")):
+        if not (snapshot / "DONE").is_file():
+            shutil.rmtree(snapshot, ignore_errors=True)
+            home = snapshot / "onerec_home"
+            run_cli("pipeline", "run", "--start", PIPELINE_DATES[0], "--end", PIPELINE_DATES[-1],
+                    "--until", "pretrain", "--config", DEBUG_CONFIG,
+                    env={"ONEREC_HOME": str(home), "ONEREC_FAULT": ""}, check=True)
+            (snapshot / "DONE").write_text("ok")
+    return snapshot / "onerec_home"
+
+
+@pytest.fixture
+def pipeline_home(debug_pipeline, onerec_home) -> Path:
+    """A private, writable copy of `debug_pipeline` as this test's ONEREC_HOME."""
+    return copy_home(debug_pipeline, onerec_home)

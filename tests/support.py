@@ -5,7 +5,9 @@ would pick whichever of them Python imported first.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +34,14 @@ def run_cli(*args, env: dict | None = None, check: bool = False) -> subprocess.C
     if check and proc.returncode != 0:
         raise AssertionError(f"onerec {' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def copy_home(src: Path, dst: Path) -> Path:
+    """Copy an ONEREC_HOME; MLflow's absolute artifact locations are moved to the copy too."""
+    import sqlite3
+
+    shutil.copytree(src, dst)
+    with contextlib.closing(sqlite3.connect(dst / "mlflow.db")) as db, db:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (src.as_uri(), dst.as_uri()))
+    return dst

@@ -135,14 +135,16 @@ def test_exit_codes_map_to_task_states(tmp_path, monkeypatch, code, error):
 # -- real runs on the SQLite metadata DB ---------------------------------------------------------
 
 @pytest.mark.slow
-def test_dag_test_runs_every_stage(airflow_db, dagbag, onerec_home):
-    """An Airflow 3 manual run without logical date: the partition comes from params.date."""
-    dag_run = dagbag.dags["onerec_daily"].test(logical_date=None, run_conf={"date": DATE, "config": DEBUG})
+def test_dag_test_runs_every_stage(airflow_db, dagbag, pipeline_home):
+    """An Airflow 3 manual run without logical date: the partition comes from params.date. The day after
+    the shared debug pipeline's two days, so every stage runs for real, on yesterday's state."""
+    date = "2026-01-03"
+    dag_run = dagbag.dags["onerec_daily"].test(logical_date=None, run_conf={"date": date, "config": DEBUG})
     assert str(dag_run.state) == "success", states(dag_run)
     for s in stages_for("daily"):
-        d = stage_dir(onerec_home, s.name)
+        d = stage_dir(pipeline_home, s.name, date)
         assert (d / "_SUCCESS").is_file(), d
-        assert json.loads((d / "manifest.json").read_text())["date"] == DATE
+        assert json.loads((d / "manifest.json").read_text())["date"] == date
 
 
 FAILURES: list[tuple[str, int]] = []

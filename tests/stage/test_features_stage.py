@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.registry import STAGES, get
-from support import DEBUG_CONFIG, run_cli
+from support import DEBUG_CONFIG, copy_home, run_cli
 
 D1, D2 = "2026-01-01", "2026-01-02"
 OUTPUTS = ("samples", "rewards", "reward_history", "user_state", "item_stats")
@@ -16,20 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """ingest + validate in this process (not under test here), features through the real CLI."""
-    from components.cli import main
-
-    home = tmp_path_factory.mktemp("features_home") / "onerec_home"
-    env = {"ONEREC_HOME": str(home), "ONEREC_FAULT": ""}
-    for date in (D1, D2):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("ONEREC_HOME", str(home))
-            mp.delenv("ONEREC_FAULT", raising=False)
-            for stage in ("ingest", "validate"):
-                assert main(["run", stage, "--date", date, "--config", str(DEBUG_CONFIG)]) == 0
-        run_cli("run", "features", "--date", date, "--config", DEBUG_CONFIG, env=env, check=True)
-    return home
+def home(tmp_path_factory, debug_pipeline):
+    """A copy of the shared debug pipeline: features ran through the real CLI for D1, then D2 from D1's state."""
+    return copy_home(debug_pipeline, tmp_path_factory.mktemp("features_home") / "onerec_home")
 
 
 def _dir(home, stage, date):
@@ -101,7 +90,7 @@ def test_history_falls_back_to_raw_days_when_the_state_does_not_fit(home, monkey
     # other features parameters: yesterday's state was computed differently, so replay the raw day
     p, inputs = plan("features.short_len=10")
     assert p.state is None and [h.date for h in p.history] == [D1]
-    assert set(inputs) == {"history:2026-01-01"}
+    assert {k for k in inputs if not k.startswith("vectors:")} == {"history:2026-01-01"}   # + embed's item vectors
     # a later date with a gap: the newest fitting state plus the raw days after it
     p, _ = plan(date="2026-01-04")
     assert p.state.date == D2 and p.history == []   # 2026-01-03 was never ingested
@@ -148,3 +137,25 @@ def test_a_failing_expectation_stops_the_stage_with_exit_2(home, monkeypatch, ca
     assert "expect_column_pair_values_a_to_be_greater_than_b(ts, context_max_ts): 1 unexpected" in err
     d = _dir(copy, "features", D1)
     assert not (d / "_SUCCESS").exists() and not (d / "samples.parquet").exists()
+
+
+def test_spark_reads_and_writes_through_an_s3_store(s3_env, tmp_path):
+    """With s3:// the job's inputs are copied to local files and its outputs uploaded through the
+    StageDir (digests in the manifest); the local store hands Spark its own files."""
+    from components.features import _local, _put
+    from onerec.store import LocalStore, StageDir, open_store
+
+    s3 = open_store(f"s3://{s3_env}/artifacts")
+    src = StageDir(s3, "daily", D1, "ingest")
+    src.write_bytes("impressions.parquet", b"PAR1 bytes")
+    path = _local(src, "impressions.parquet", tmp_path)
+    assert open(path, "rb").read() == b"PAR1 bytes" and str(path).startswith(str(tmp_path))
+    out = StageDir(s3, "daily", D1, "features")
+    (tmp_path / "part.parquet").write_bytes(b"result")
+    _put(out, "samples.parquet", tmp_path / "part.parquet")
+    assert out.read_bytes("samples.parquet") == b"result" and out.outputs["samples.parquet"]["bytes"] == 6
+
+    local = StageDir(LocalStore(tmp_path / "store"), "daily", D1, "features")
+    _put(local, "samples.parquet", tmp_path / "part.parquet")
+    assert _local(local, "samples.parquet", tmp_path) == str(tmp_path / "store" / local.key("samples.parquet"))
+    assert local.outputs["samples.parquet"] == out.outputs["samples.parquet"]

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from support import DEBUG_CONFIG, run_cli
+from support import DEBUG_CONFIG, copy_home, run_cli
 
 D1, D2 = "2026-01-01", "2026-01-02"
-STAGES = ("ingest", "validate", "embed", "tokenize")
 
 
 def out(home, stage, date, pipeline="daily"):
@@ -27,13 +25,10 @@ def table(home, stage, date, name):
 
 
 @pytest.fixture(scope="module")
-def two_days(tmp_path_factory):
-    home = tmp_path_factory.mktemp("items") / "onerec_home"
-    env = {"ONEREC_HOME": str(home), "ONEREC_FAULT": ""}
-    for date in (D1, D2):
-        for stage in STAGES:
-            run_cli("run", stage, "--date", date, "--config", DEBUG_CONFIG, env=env, check=True)
-    return home, env
+def two_days(tmp_path_factory, debug_pipeline):
+    """A copy of the shared debug pipeline: embed and tokenize ran through the real CLI for D1 and D2."""
+    home = copy_home(debug_pipeline, tmp_path_factory.mktemp("items") / "onerec_home")
+    return home, {"ONEREC_HOME": str(home), "ONEREC_FAULT": ""}
 
 
 def sids_of(home, date):
@@ -114,8 +109,7 @@ def test_rerun_is_a_noop_and_shared_artifacts_are_not_rewritten(two_days):
 @pytest.fixture
 def copy_of(two_days, tmp_path):
     home, _ = two_days
-    dst = tmp_path / "onerec_home"
-    shutil.copytree(home, dst)
+    dst = copy_home(home, tmp_path / "onerec_home")
     return dst, {"ONEREC_HOME": str(dst), "ONEREC_FAULT": ""}
 
 
