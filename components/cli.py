@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list the registered stages")
 
+    sub.add_parser("serve", help="the recommendation service (FastAPI); `onerec serve --help` lists its options",
+                   add_help=False)
+
     data = sub.add_parser("data", help="public datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("download", help="fetch, verify and unpack an official public release")
@@ -46,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--sha256", help="expected SHA-256 of the download")
     dl.add_argument("--force", action="store_true")
     return parser
+
+
+def _serve(argv: list[str]) -> int:
+    """`onerec serve ...` = `python -m onerec.serving ...`, with the pipeline's MLflow store by default."""
+    from onerec.config import DEFAULTS, resolved
+    from onerec.serving import main as serve
+
+    if not any(a.startswith(("--tracking-uri", "--bundle")) for a in argv):
+        argv = ["--tracking-uri", resolved(DEFAULTS)["mlflow"]["tracking_uri"], *argv]
+    serve(argv)
+    return 0
 
 
 def _dispatch(args) -> int:
@@ -84,6 +98,9 @@ def _dispatch(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:          # the service parses its own options
+        return _serve(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)

@@ -70,6 +70,14 @@ STAGES: tuple[Stage, ...] = (
         resources={"cpu": "4", "memory": "16Gi", "gpu": "1"},   # torchrun; bf16 on a GPU when there is one
         description="lazy decoder-only model on newest-impression samples; warm start from yesterday's model",
     ),
+    Stage(
+        name="evaluate",
+        entrypoint="components.evaluate:run",
+        upstream=("ingest", "features", "tokenize", "pretrain"),
+        config_keys=("evaluate",),
+        resources={"cpu": "2", "memory": "4Gi"},   # beam search over every evaluated user, two models
+        description="Recall/HR/NDCG@K via constrained beam search: yesterday's model on today, vs the champion",
+    ),
 )
 
 BY_NAME = {s.name: s for s in STAGES}

@@ -19,6 +19,8 @@ DEFAULTS: dict = {
     "pipeline": "daily",
     "store": {"root": None},              # None -> $ONEREC_HOME/artifacts; or s3://bucket/prefix
     "mlflow": {"tracking_uri": None,      # None -> sqlite:///$ONEREC_HOME/mlflow.db
+               "artifact_location": None, # new experiments' artifacts; None -> $ONEREC_HOME/mlartifacts
+                                          # with the default store (MLflow's own default is ./mlruns of the cwd)
                "experiment": "onerec"},
     "data": {
         "source": "synthetic",            # a name in onerec.data.ADAPTERS
@@ -117,6 +119,20 @@ DEFAULTS: dict = {
         "warm_start_lookback_days": 30,
         "train": {"max_steps": 200, "batch_size": 64, "lr": 1e-3, "warmup_steps": 20, "ckpt_every": 50},
     },
+    "evaluate": {                         # offline metrics through beam search (components/evaluate.py)
+        "protocol": "next_day",           # next_day: the newest model before D on day D | loo: last sample per user
+        "targets": "positive",            # truth = liked/followed/80%-watched items | all impressed items
+        "ks": [1, 5, 10, 50],             # Recall/HR/NDCG/coverage/cold share/cluster density @K
+        "beam_size": 128,                 # beam width (>= max(ks)); up to 512
+        "batch_size": 64,                 # requests per beam-search batch
+        "max_users": 5000,                # a stable (hashed) subset of the day's users beyond this
+        "cold_start_days": 1,             # cold-start item: first seen within the last N days (1 = on D)
+        "lookback_days": 30,              # how far back to look for the newest earlier model
+        "check_unconstrained": True,      # also decode without the trie to measure the model's invalid-SID rate
+        "compare_champion": True,         # evaluate the registry's champion on the same users when it exists
+        "registered_model": "onerec",     # MLflow registered model name ...
+        "champion_alias": "champion",     # ... and the alias of the current champion
+    },
 }
 
 
@@ -172,7 +188,9 @@ def resolved(cfg: dict) -> dict:
     """Fill the home-relative defaults (kept out of hashes: where things live is not what they are)."""
     cfg = copy.deepcopy(cfg)
     cfg["store"]["root"] = cfg["store"]["root"] or str(home() / "artifacts")
-    cfg["mlflow"]["tracking_uri"] = cfg["mlflow"]["tracking_uri"] or f"sqlite:///{home() / 'mlflow.db'}"
+    if not cfg["mlflow"]["tracking_uri"]:
+        cfg["mlflow"]["tracking_uri"] = f"sqlite:///{home() / 'mlflow.db'}"
+        cfg["mlflow"]["artifact_location"] = cfg["mlflow"].get("artifact_location") or (home() / "mlartifacts").as_uri()
     return cfg
 
 

@@ -1,0 +1,289 @@
+"""Trie-constrained generation of semantic IDs: beam search for serving/evaluation, sampling for RL rollouts.
+
+The context is encoded once per request (`model.encode`) and every beam of every step reads it through
+`model.expand` (an index into the batch dimension), so a beam of 512 costs 512 short decoder passes, not
+512 context passes. Beams only follow edges of the semantic-ID trie (`onerec.item.trie.SidTrie`): a token
+is scored only if it extends a prefix of some assigned SID, so an invalid SID cannot be produced.
+
+Levels: the model predicts `len(cfg.codebook_sizes)` levels (3, or 4 when it was trained on the tokenizer's
+`extra_level` disambiguation token). When the trie is deeper than the model (a 3-level model over a
+4-level trie), decoding stops at the model's depth and the trie is read truncated there.
+
+SID sharing rule (several items under one generated SID or 3-level prefix): the generative policy picks the
+SID with the model's probability and then one of its items uniformly, so each item gets
+    gen_prob = P(SID) / n_items(SID),
+the exact probability that this policy serves it (what RL needs as pi_old). In a ranked list all items of a
+SID are listed together, in beam order of their SIDs, ascending item id within a SID (the trie's order);
+the disambiguation token carries no meaning, so no item of a shared SID is preferred over another.
+
+Scores are the model's own log-probabilities (log-softmax over the full vocabulary, summed over levels):
+masking decides which SIDs compete, it does not renormalise them. Sampling necessarily renormalises over
+the valid children; it returns that sampling log-probability next to the model's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onerec.item.trie import SidTrie
+
+MAX_BEAM = 512
+
+
+@dataclass
+class Generated:
+    """Per request, up to K semantic IDs (padded: node -1, logp -inf)."""
+    sids: np.ndarray        # (B, K, L) int64, -1 on padding
+    nodes: np.ndarray       # (B, K) trie node at depth L, -1 on padding
+    logp: np.ndarray        # (B, K) model log-probability of the SID (sum over levels)
+    sample_logp: np.ndarray | None = None   # sampling only: log-probability under the sampling policy
+
+
+@dataclass
+class Recommendation:
+    item_id: int
+    sid: tuple
+    logp: float             # log P(SID) under the model
+    gen_prob: float         # P(SID) / items sharing it: the probability that this policy serves the item
+
+
+def _levels(model, trie: SidTrie) -> int:
+    levels = len(model.cfg.codebook_sizes)
+    if trie.depth < levels:
+        raise ValueError(f"the trie has {trie.depth} levels but the model predicts {levels}")
+    return levels
+
+
+def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """concat(arange(s, s + c) for s, c in zip(starts, counts)) without a Python loop."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+def _edges(trie: SidTrie, depth: int, nodes: np.ndarray):
+    """Every allowed (beam, token, child) at `depth` for beams at `nodes` (-1 = dead beam)."""
+    alive = nodes >= 0
+    safe = np.where(alive, nodes, 0)
+    a, b = trie.offsets[depth][safe], trie.offsets[depth][safe + 1]
+    counts = np.where(alive, b - a, 0)
+    child = _ragged_arange(a, counts)     # child node ids at depth+1 == edge ids at this depth
+    beam = np.repeat(np.arange(len(nodes)), counts)
+    return beam, trie.tokens[depth][child].astype(np.int64), child
+
+
+class _Recompute:
+    """Any architecture: every step re-decodes [BOS, prefix] of each beam through `model.next_logits`."""
+
+    def __init__(self, model, state, requests: int):
+        self.model, self.state = model, state
+        self.owner = torch.arange(requests)                  # request of each row
+        self.prefix = torch.zeros(requests, 0, dtype=torch.long)
+
+    def advance(self, parent: np.ndarray, tokens: np.ndarray, slots: np.ndarray, width: int) -> None:
+        parent = torch.as_tensor(parent)
+        self.owner = self.owner[parent]
+        self.prefix = torch.cat([self.prefix[parent], torch.as_tensor(tokens)[:, None]], dim=1)
+
+    def logp(self) -> torch.Tensor:
+        return self.model.next_logits(self.model.expand(self.state, self.owner), self.prefix)
+
+
+class _IncrementalLazy:
+    """The lazy decoder one token at a time, for all beams of all requests at once.
+
+    Self-attention K/V of earlier positions are cached per beam and reordered with the beams, so a step runs
+    only the newest token of each beam (model.decode recomputes the whole prefix). Cross-attention needs no
+    copy of the context per beam: the beams of a request are laid out as the query positions of that
+    request, (B, K, d_model), so one attention call per request reads its context K/V once. The result
+    equals model.decode's up to float rounding, which the tests check."""
+
+    def __init__(self, model, state, requests: int):
+        self.model, self.cfg, self.state = model, model.cfg, state
+        self.cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(model.blocks)
+        self.level, self.tokens = 0, None
+        self.B, self.width = requests, 1
+        self.slots = torch.arange(requests)                  # row -> slot in the (B, width) beam grid
+
+    def advance(self, parent: np.ndarray, tokens: np.ndarray, slots: np.ndarray, width: int) -> None:
+        index = torch.as_tensor(parent)
+        self.cache = [(k[index], v[index]) for k, v in self.cache]
+        self.level, self.tokens = self.level + 1, torch.as_tensor(tokens)
+        self.slots, self.width = torch.as_tensor(slots), width
+
+    def logp(self) -> torch.Tensor:
+        m, cfg, j = self.model, self.cfg, self.level
+        emb = m.target.bos[None] if j == 0 else m.target.levels[j - 1](self.tokens)
+        rows = len(self.slots)
+        h = (emb + m.target.pos[j]).expand(rows, -1)[:, None]          # (N, 1, d_model): the newest position
+        H, dh, D = cfg.n_heads, cfg.d_head, cfg.d_model
+        grid = torch.zeros(self.B * self.width, D, dtype=h.dtype)
+        for layer, block in enumerate(m.blocks):
+            k, v = self.state["kv"][layer * cfg.kv_layers // cfg.n_layers]
+            grid = grid.index_copy(0, self.slots, block.norm_cross(h)[:, 0])
+            cross = block.cross(grid.view(self.B, self.width, D), k, v, self.state["mask"])
+            h = h + cross.reshape(-1, D)[self.slots][:, None]
+            q, sk, sv = block.self_attn.qkv(block.norm_self(h)).view(rows, 1, 3, H, dh).permute(2, 0, 3, 1, 4)
+            if self.cache[layer] is not None:
+                sk, sv = torch.cat([self.cache[layer][0], sk], 2), torch.cat([self.cache[layer][1], sv], 2)
+            self.cache[layer] = (sk, sv)
+            y = torch.nn.functional.scaled_dot_product_attention(q, sk, sv)   # the newest token sees all: causal
+            h = h + block.self_attn.out(y.transpose(1, 2).reshape(rows, 1, D))
+            h = h + block.ffn(block.norm_ffn(h))
+        return torch.log_softmax(m.heads(h[:, 0], level=j).float(), dim=-1)
+
+
+def _decoder(model, state, requests: int):
+    return (_IncrementalLazy if model.cfg.arch == "lazy" else _Recompute)(model, state, requests)
+
+
+@torch.inference_mode()
+def beam_search(model, batch, trie: SidTrie, beam_size: int, state: dict | None = None) -> Generated:
+    """The `beam_size` most probable valid SIDs per request (batched over requests)."""
+    if not 1 <= beam_size <= MAX_BEAM:
+        raise ValueError(f"beam_size must be in [1, {MAX_BEAM}], got {beam_size}")
+    levels = _levels(model, trie)
+    state = model.encode(batch) if state is None else state
+    B = batch.user.shape[0]
+    dec = _decoder(model, state, B)
+    # beams of all requests are flat: request r owns slots r*K .. r*K+K-1 (K grows from 1 to beam_size);
+    # the decoder holds one row per live slot, in slot order
+    nodes = np.zeros((B, 1), dtype=np.int64)
+    scores = np.zeros((B, 1), dtype=np.float64)
+    prefix = np.zeros((B, 1, 0), dtype=np.int64)
+    for depth in range(levels):
+        K = nodes.shape[1]
+        alive = np.nonzero(nodes.reshape(-1) >= 0)[0]
+        row, token, child = _edges(trie, depth, nodes.reshape(-1)[alive])   # row: decoder row of each edge
+        logp = dec.logp().double().cpu().numpy()
+        fits = token < logp.shape[1]    # a trie newer than the model may hold codes its heads do not have
+        row, token, child = row[fits], token[fits], child[fits]
+        if not len(row):
+            raise ValueError("no SID of the trie fits the model's vocabulary")
+        beam = alive[row]                                   # flat slot of every allowed edge's beam
+        cand = scores.reshape(-1)[beam] + logp[row, token]
+        # per request top-K over a padded (B, max candidates) matrix; edges are grouped by request already
+        req = beam // K
+        counts = np.bincount(req, minlength=B)
+        starts = np.cumsum(counts) - counts
+        width = int(counts.max())
+        grid = np.full((B, width), -np.inf)
+        grid[req, np.arange(len(req)) - starts[req]] = cand
+        k = min(beam_size, width)
+        top = torch.topk(torch.from_numpy(grid), k, dim=1)
+        values = top.values.numpy()
+        valid = np.isfinite(values)
+        edge = np.where(valid, starts[:, None] + top.indices.numpy(), 0)
+        parent_prefix = prefix.reshape(B * K, depth)[beam[edge]]          # (B, k, depth)
+        prefix = np.where(valid[..., None], np.concatenate([parent_prefix, token[edge][..., None]], axis=2), -1)
+        nodes = np.where(valid, child[edge], -1)
+        scores = np.where(valid, values, -np.inf)
+        if depth + 1 < levels:
+            keep = valid.reshape(-1)
+            dec.advance(row[edge.reshape(-1)[keep]], token[edge.reshape(-1)[keep]], np.nonzero(keep)[0], k)
+    return Generated(sids=prefix, nodes=nodes, logp=scores)
+
+
+@torch.inference_mode()
+def sample(model, batch, trie: SidTrie, n: int = 1, temperature: float = 1.0, top_k: int = 0,
+           generator: torch.Generator | None = None, state: dict | None = None) -> Generated:
+    """`n` SIDs per request drawn from the constrained policy: at each level the model's distribution over
+    the valid children, divided by `temperature` (0 = greedy) and cut to the `top_k` best (0 = all)."""
+    if n < 1 or temperature < 0 or top_k < 0:
+        raise ValueError("need n >= 1, temperature >= 0, top_k >= 0")
+    levels = _levels(model, trie)
+    state = model.encode(batch) if state is None else state
+    B = batch.user.shape[0]
+    dec = _decoder(model, state, B)   # level 0 is the same for the n samples of a request: one row each
+    nodes = np.zeros(B * n, dtype=np.int64)
+    prefix = np.zeros((B * n, 0), dtype=np.int64)
+    model_logp = np.zeros(B * n)
+    sample_logp = np.zeros(B * n)
+    for depth in range(levels):
+        logp = dec.logp().double().cpu()
+        if depth == 0:
+            logp = logp.repeat_interleave(n, dim=0)
+        allowed = torch.zeros_like(logp, dtype=torch.bool)
+        beam, token, _ = _edges(trie, depth, nodes)
+        fits = token < logp.shape[1]
+        allowed[torch.from_numpy(beam[fits]), torch.from_numpy(token[fits])] = True
+        masked = logp.masked_fill(~allowed, -np.inf)
+        if top_k:
+            kth = torch.topk(masked, min(top_k, masked.shape[1]), dim=1).values[:, -1:]
+            masked = masked.masked_fill(masked < kth, -np.inf)
+        if temperature == 0:
+            choice = masked.argmax(dim=1)
+            policy = torch.where(torch.arange(masked.shape[1])[None] == choice[:, None], 0.0, -np.inf).double()
+        else:
+            policy = torch.log_softmax(masked / temperature, dim=1)
+            choice = torch.multinomial(policy.exp(), 1, generator=generator)[:, 0]
+        picked = choice.numpy()
+        model_logp += logp[torch.arange(len(picked)), choice].numpy()
+        sample_logp += policy[torch.arange(len(picked)), choice].numpy()
+        nodes = trie.step(depth, nodes, picked)
+        prefix = np.concatenate([prefix, picked[:, None]], axis=1)
+        if depth + 1 < levels:
+            parent = np.repeat(np.arange(B), n) if depth == 0 else np.arange(B * n)
+            dec.advance(parent, picked, np.arange(B * n), n)
+    return Generated(sids=prefix.reshape(B, n, levels), nodes=nodes.reshape(B, n),
+                     logp=model_logp.reshape(B, n), sample_logp=sample_logp.reshape(B, n))
+
+
+@torch.inference_mode()
+def beam_search_unconstrained(model, batch, beam_size: int) -> np.ndarray:
+    """(B, K, L) SIDs of a plain beam search over the full vocabulary: how often the model alone would
+    generate an SID that no item has (the invalid-generation rate the trie prevents)."""
+    levels = len(model.cfg.codebook_sizes)
+    state = model.encode(batch)
+    B = batch.user.shape[0]
+    prefix = torch.zeros(B, 1, 0, dtype=torch.long)
+    scores = torch.zeros(B, 1, dtype=torch.float64)
+    for depth in range(levels):
+        K = prefix.shape[1]
+        sub = model.expand(state, torch.arange(B).repeat_interleave(K))
+        logp = model.next_logits(sub, prefix.reshape(B * K, depth)).double().view(B, K, -1)
+        V = logp.shape[2]
+        top = torch.topk((scores[..., None] + logp).view(B, K * V), min(beam_size, K * V), dim=1)
+        parent, token = top.indices // V, top.indices % V
+        prefix = torch.cat([torch.gather(prefix, 1, parent[..., None].expand(-1, -1, depth)), token[..., None]], 2)
+        scores = top.values
+    return prefix.numpy()
+
+
+def greedy(model, batch, trie: SidTrie, state: dict | None = None) -> Generated:
+    return sample(model, batch, trie, n=1, temperature=0.0, state=state)
+
+
+def items_under(trie: SidTrie, depth: int, node: int) -> np.ndarray:
+    """Items of every leaf below `node` at `depth` (the node itself when depth == trie.depth)."""
+    lo, hi = node, node + 1
+    for d in range(depth, trie.depth):   # children of a contiguous node range are contiguous
+        lo, hi = int(trie.offsets[d][lo]), int(trie.offsets[d][hi])
+    return trie.items[trie.leaf_offsets[lo]:trie.leaf_offsets[hi]]
+
+
+def resolve(trie: SidTrie, gen: Generated, n: int) -> list[list[Recommendation]]:
+    """Per request, the first `n` items of the generated SIDs under the sharing rule (module docstring)."""
+    depth = gen.sids.shape[2]
+    out = []
+    for r in range(gen.sids.shape[0]):
+        recs: list[Recommendation] = []
+        for k in range(gen.sids.shape[1]):
+            if gen.nodes[r, k] < 0 or len(recs) >= n:
+                continue
+            items = items_under(trie, depth, int(gen.nodes[r, k]))
+            p = float(np.exp(gen.logp[r, k])) / max(len(items), 1)
+            sid = tuple(int(t) for t in gen.sids[r, k])
+            recs.extend(Recommendation(int(i), sid, float(gen.logp[r, k]), p) for i in items[: n - len(recs)])
+        out.append(recs)
+    return out
+
+
+def recommend(model, batch, trie: SidTrie, n: int, beam_size: int | None = None) -> list[list[Recommendation]]:
+    """Top-n items per request: a beam of max(n, beam_size) SIDs, resolved to items."""
+    beam = min(max(n, beam_size or n), MAX_BEAM)
+    return resolve(trie, beam_search(model, batch, trie, beam), n)

@@ -1,0 +1,126 @@
+"""OneRec models in the MLflow model registry, without pickle.
+
+A registered version is a folder of plain files logged as run artifacts:
+  model.safetensors  weights            model.json   ModelConfig + codebook digest
+  trie.safetensors   SID prefix trie    sids.parquet item -> SID (context lookup)    codebook.json
+and `MlflowClient().create_model_version(name, source=<that artifact folder's URI>, run_id=...)` points the
+version at it. Loading resolves an alias (`champion`, ...) with `get_model_version_by_alias`, downloads the
+folder with `mlflow.artifacts.download_artifacts` and reads safetensors/parquet/JSON: nothing is unpickled.
+Promotion policy (who moves `champion`, when) is not decided here.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+BUNDLE_FILES = ("model.safetensors", "model.json", "trie.safetensors", "sids.parquet", "codebook.json")
+ARTIFACT_DIR = "onerec_model"
+DEFAULT_NAME = "onerec"
+CHAMPION = "champion"
+
+
+@dataclass
+class Bundle:
+    """Everything inference needs, loaded."""
+    model: object          # onerec.model.OneRec (eval mode)
+    trie: object           # onerec.item.trie.SidTrie
+    sids: object           # onerec.samples.SidTable
+    meta: dict             # model.json
+    codebook: dict
+    version: str = "local"
+
+
+def write_bundle(dst: Path, model_dir, tokenize_dir) -> Path:
+    """Copy a trained model's stage directory (pretrain, sft, rl) and its tokenizer's tables into `dst`."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "model.json"):
+        (dst / name).write_bytes(model_dir.read_bytes(name))
+    (dst / "trie.safetensors").write_bytes(tokenize_dir.read_bytes("trie.safetensors"))
+    (dst / "sids.parquet").write_bytes(tokenize_dir.read_bytes("sids.parquet"))
+    (dst / "codebook.json").write_bytes(tokenize_dir.read_bytes("codebook.json"))
+    return dst
+
+
+def read_bundle(folder: Path, version: str = "local") -> Bundle:
+    import pyarrow.parquet as pq
+    from safetensors.torch import load_file
+
+    from onerec import model as M
+    from onerec.item.trie import SidTrie
+    from onerec.samples import SidTable
+
+    folder = Path(folder)
+    missing = [f for f in BUNDLE_FILES if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"model bundle {folder} lacks {missing}")
+    meta = json.loads((folder / "model.json").read_text())
+    model = M.OneRec(M.ModelConfig(**meta["model_config"]))
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return Bundle(model.eval(), SidTrie.from_bytes((folder / "trie.safetensors").read_bytes()),
+                  SidTable.from_table(pq.read_table(folder / "sids.parquet")), meta,
+                  json.loads((folder / "codebook.json").read_text()), version)
+
+
+def register(folder: Path, name: str = DEFAULT_NAME, *, run_id: str | None = None, tags: dict | None = None,
+             tracking_uri: str | None = None) -> str:
+    """Log `folder` as artifacts of `run_id` (or of the active run, or of a fresh run) and register it as a
+    new version of `name`. Returns the version number (a string, as MLflow gives it)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient()
+    if run_id is None and mlflow.active_run() is not None:
+        run_id = mlflow.active_run().info.run_id
+    if run_id is None:
+        exp = mlflow.get_experiment_by_name("onerec") or mlflow.get_experiment(mlflow.create_experiment("onerec"))
+        run_id = client.create_run(exp.experiment_id, run_name=f"register {name}").info.run_id
+        client.set_terminated(run_id)
+    client.log_artifacts(run_id, str(folder), artifact_path=ARTIFACT_DIR)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        try:
+            client.create_registered_model(name, description="OneRec generative recommender (safetensors bundle)")
+        except mlflow.exceptions.MlflowException:
+            pass    # created concurrently
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{ARTIFACT_DIR}"
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags or {})
+    return str(version.version)
+
+
+def set_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(name, alias, str(version))
+
+
+def resolve_alias(name: str, alias: str = CHAMPION, tracking_uri: str | None = None):
+    """The ModelVersion an alias points at, or None when the model or the alias does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def load_version(version, dst: str | None = None, tracking_uri: str | None = None) -> Bundle:
+    """Download a ModelVersion's files and read them (safetensors, parquet, JSON)."""
+    import os
+
+    import mlflow.artifacts
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # log noise in servers and stages
+    dst = dst or tempfile.mkdtemp(prefix="onerec-model-")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=dst, tracking_uri=tracking_uri)
+    return read_bundle(Path(local), version=str(version.version))
+
+
+def load_alias(name: str = DEFAULT_NAME, alias: str = CHAMPION, tracking_uri: str | None = None) -> Bundle | None:
+    version = resolve_alias(name, alias, tracking_uri)
+    return None if version is None else load_version(version, tracking_uri=tracking_uri)
