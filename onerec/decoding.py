@@ -107,13 +107,14 @@ class _IncrementalLazy:
         self.cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(model.blocks)
         self.level, self.tokens = 0, None
         self.B, self.width = requests, 1
-        self.slots = torch.arange(requests)                  # row -> slot in the (B, width) beam grid
+        self.device = model.target.bos.device                # beams run where the model is (CPU or GPU)
+        self.slots = torch.arange(requests, device=self.device)   # row -> slot in the (B, width) beam grid
 
     def advance(self, parent: np.ndarray, tokens: np.ndarray, slots: np.ndarray, width: int) -> None:
-        index = torch.as_tensor(parent)
+        index = torch.as_tensor(parent, device=self.device)
         self.cache = [(k[index], v[index]) for k, v in self.cache]
-        self.level, self.tokens = self.level + 1, torch.as_tensor(tokens)
-        self.slots, self.width = torch.as_tensor(slots), width
+        self.level, self.tokens = self.level + 1, torch.as_tensor(tokens, device=self.device)
+        self.slots, self.width = torch.as_tensor(slots, device=self.device), width
 
     def logp(self) -> torch.Tensor:
         m, cfg, j = self.model, self.cfg, self.level
@@ -121,7 +122,7 @@ class _IncrementalLazy:
         rows = len(self.slots)
         h = (emb + m.target.pos[j]).expand(rows, -1)[:, None]          # (N, 1, d_model): the newest position
         H, dh, D = cfg.n_heads, cfg.d_head, cfg.d_model
-        grid = torch.zeros(self.B * self.width, D, dtype=h.dtype)
+        grid = torch.zeros(self.B * self.width, D, dtype=h.dtype, device=self.device)
         for layer, block in enumerate(m.blocks):
             k, v = self.state["kv"][layer * cfg.kv_layers // cfg.n_layers]
             grid = grid.index_copy(0, self.slots, block.norm_cross(h)[:, 0])
