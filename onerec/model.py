@@ -49,7 +49,7 @@ class ModelConfig:
     item_feat_dim: int = 8           # numeric side features per context item (play time, duration, flags)
     user_feat_dim: int = 8           # static profile features (one context token)
     pathways: tuple = (("short", 20), ("positive", 64), ("long", 32))  # (name, max length)
-    dropout: float = 0.0
+    dropout: float = 0.0             # residual-branch and context dropout while training (0 = off)
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -200,6 +200,11 @@ class CrossAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
+def residual_dropout(x, p: float, training: bool):
+    """Dropout on a residual branch; p = 0 skips the call so that no RNG is consumed (exact resume, references)."""
+    return F.dropout(x, p, training) if p > 0 and training else x
+
+
 class DecoderBlock(nn.Module):
     """Eqs. 6-8: h += CrossAttn(norm h); h += SelfAttn(norm h); h += FFN(norm h)."""
 
@@ -207,11 +212,12 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.norm_cross, self.norm_self, self.norm_ffn = (RMSNorm(cfg.d_model) for _ in range(3))
         self.cross, self.self_attn, self.ffn = CrossAttention(cfg, lazy), SelfAttention(cfg, causal=True), ffn(cfg, layer)
+        self.p_drop = cfg.dropout
 
     def forward(self, h, k, v, ctx_mask):
-        h = h + self.cross(self.norm_cross(h), k, v, ctx_mask)
-        h = h + self.self_attn(self.norm_self(h))
-        return h + self.ffn(self.norm_ffn(h))
+        h = h + residual_dropout(self.cross(self.norm_cross(h), k, v, ctx_mask), self.p_drop, self.training)
+        h = h + residual_dropout(self.self_attn(self.norm_self(h)), self.p_drop, self.training)
+        return h + residual_dropout(self.ffn(self.norm_ffn(h)), self.p_drop, self.training)
 
 
 class EncoderBlock(nn.Module):
@@ -221,10 +227,11 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.norm_attn, self.norm_ffn = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
         self.attn, self.ffn = SelfAttention(cfg, causal=causal), ffn(cfg, layer)
+        self.p_drop = cfg.dropout
 
     def forward(self, h, mask):
-        h = h + self.attn(self.norm_attn(h), mask)
-        return h + self.ffn(self.norm_ffn(h))
+        h = h + residual_dropout(self.attn(self.norm_attn(h), mask), self.p_drop, self.training)
+        return h + residual_dropout(self.ffn(self.norm_ffn(h)), self.p_drop, self.training)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -270,7 +277,7 @@ class ContextEmbedding(nn.Module):
             e = self.item(p.item) + sum(emb(p.sid[..., i]) for i, emb in enumerate(self.sid))
             parts.append(self.proj[name](torch.cat([e, p.feat], dim=-1)))
             masks.append(p.mask)
-        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
+        return residual_dropout(torch.cat(parts, dim=1), self.cfg.dropout, self.training), torch.cat(masks, dim=1)
 
 
 class TargetEmbedding(nn.Module):

@@ -171,3 +171,22 @@ def test_paper_presets_have_their_sizes():
     assert 3.5 < sizes["4b-a0.5b"][0] < 5 and 0.45 < sizes["4b-a0.5b"][1] < 0.8
     with pytest.raises(ValueError, match="unknown model preset"):
         M.build("3b")
+
+
+def test_dropout_is_active_only_in_training_and_off_by_default():
+    cfg = M.debug(dropout=0.3)
+    torch.manual_seed(0)
+    model = M.OneRec(cfg)
+    batch = rand_batch(cfg, B=4)
+    model.train()
+    a, b = model(batch)[1], model(batch)[1]
+    assert a.item() != b.item()                       # two dropout masks
+    model.eval()
+    with torch.no_grad():
+        assert model(batch)[1].item() == model(batch)[1].item()
+    # p = 0 (the default): training is deterministic and consumes no random numbers
+    plain = M.OneRec(M.debug())
+    plain.train()
+    state = torch.get_rng_state()
+    assert plain(batch)[1].item() == plain(batch)[1].item()
+    assert torch.equal(state, torch.get_rng_state())
