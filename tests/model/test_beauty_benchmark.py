@@ -1,0 +1,73 @@
+"""benchmarks/beauty.py end to end on a tiny crafted S3-Rec folder: the real CLI with a 2-step budget, the JSON
+schema, metrics in [0, 1], a published SID set with collisions (extra level), and the results page."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+METRICS = ("recall_at_5", "ndcg_at_5", "recall_at_10", "ndcg_at_10")
+
+
+def _folder(root: Path, users: int = 24, items: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    data = root / "Tiny"
+    (data / "s3rec").mkdir(parents=True)
+    lines = []
+    for u in range(1, users + 1):
+        seq = rng.choice(np.arange(1, items + 1), size=int(rng.integers(5, 9)), replace=False)
+        lines.append(" ".join(map(str, [u, *seq])))
+    (data / "s3rec" / "Tiny.txt").write_text("\n".join(lines) + "\n")
+    attrs = {str(i): [int(i % 5) + 1, int(i % 3) + 6] for i in range(1, items + 1)}
+    (data / "s3rec" / "Tiny_item2attributes.json").write_text(json.dumps(attrs))
+    # a published 4-level SID set in LETTER format (0-based ids) with collisions: items 2k and 2k+1 share one SID
+    pub = data / "letter_format" / "sid_indexes_collisiongenrec" / "rkmeans_native"
+    pub.mkdir(parents=True)
+    index = {str(i): [f"<a_{i // 8}>", f"<b_{(i // 2) % 4}>", f"<c_{i % 2 * 0}>", "<d_0>"] for i in range(items)}
+    (pub / "Tiny.index.json").write_text(json.dumps(index))
+    return data
+
+
+@pytest.mark.timeout(120)
+def test_beauty_cli_and_results_page(tmp_path):
+    data = _folder(tmp_path)
+    out = tmp_path / "res" / "run.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "beauty.py"), "--dataset", str(data), "--sids", "ours,rkmeans",
+           "--arch", "lazy", "--seeds", "0", "--device", "cpu", "--threads", "1", "--preset", "debug",
+           "--max-steps", "2", "--eval-every", "1", "--patience", "1", "--batch", "16", "--beam", "10",
+           "--max-valid", "8", "--short-len", "4", "--long-len", "2", "--codebook-size", "4",
+           "--prep-dir", str(tmp_path / "prep"), "--out", str(out), "--quiet"]
+    env = {**os.environ, "ONEREC_HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["dataset"]["samples"]["test"] == 24 and doc["dataset"]["items"] == 40
+    rows = doc["rows"]
+    assert [(r["sids"], r["arch"], r["seed"]) for r in rows] == [("ours", "lazy", 0), ("rkmeans", "lazy", 0)]
+    for r in rows:
+        for key in ("hardware", "wall_seconds", "train_seconds", "eval_seconds", "best_step", "steps_run", "params",
+                    "codebook_sizes", "history", "stopped"):
+            assert key in r, key
+        assert r["steps_run"] == 2 and r["test_users"] == 24
+        for split in ("test", "valid"):
+            assert set(METRICS) <= set(r[split])
+            assert all(0.0 <= r[split][m] <= 1.0 for m in METRICS)
+        assert r["sid_collision_rate"] == 0.0          # every item has its own SID
+    ours, pub = rows
+    assert ours["sid_levels"] == 4                      # 3 RQ-KMeans levels + the disambiguation token
+    assert pub["sid_levels"] == 5 and pub["sid_collision_rate_native"] == 0.5   # published 4 levels collide: + 1
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import results_page
+
+    page_file = tmp_path / "page.md"
+    assert results_page.main([str(out.parent), "--out", str(page_file)]) == 0
+    page = page_file.read_text()
+    assert "TIGER (TIGER paper)" in page and "| Tiny | ours | lazy | 0 |" in page
+    assert page.count("\n| Tiny |") == 4     # 1 summary row + 1 run row per SID set
