@@ -1,7 +1,7 @@
 """The three architectures at equal parameters: analytic GFLOPs per sample, activation memory, measured
 training samples/s, at context 512 and 3000.
 
-    .venv/bin/python benchmarks/architectures.py [--preset small] [--steps 5] [--batch 16] [--device cpu]
+    .venv/bin/python benchmarks/architectures.py [--preset small] [--steps 5] [--batch 128] [--contexts 512,3000] [--device cpu]
 
 Equal parameters: the encoder-decoder (1:1) and the naive decoder-only get the layer counts whose
 non-embedding parameter count is closest to the lazy decoder's (same d_model and heads).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--contexts", default="512,3000")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=128)   # small batches time the optimizer over the embedding tables
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args()
     if a.device == "cpu":
@@ -92,6 +93,7 @@ def main() -> None:
                 "context_share": f["context"] / f["total"],
                 "activations_M_per_sample": M.activation_elements(cfg) / 1e6,
                 "samples_per_s": measure(cfg, a.batch, a.steps, a.device),
+                "load_avg_1min": os.getloadavg()[0],
             })
             print(f"  {cfg.arch:6s} ctx {context}: {rows[-1]['samples_per_s']:.1f} samples/s", file=sys.stderr)
     for context in {r["context"] for r in rows}:
@@ -110,7 +112,7 @@ def main() -> None:
               f"{r['train_gflops_per_sample']:.4f} | {r['context_share']:.1%} | {r['activations_M_per_sample']:.2f} | "
               f"{r['samples_per_s']:.1f} | {r['lazy_speedup']:.1f}x | {r['lazy_flops_saving']:.1f}x |")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"architectures_{a.preset}_{a.device}.json"
+    out = RESULTS / f"architectures_{a.preset}_{a.device}_b{a.batch}.json"
     out.write_text(json.dumps({"preset": a.preset, "device": device, "batch": a.batch, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 
