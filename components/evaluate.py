@@ -1,9 +1,9 @@
 """`evaluate`: offline Recall/HR/NDCG@K with full ranking through trie-constrained beam search.
 
 Leak-free daily protocol (chronological next-day, `evaluate.protocol: next_day`, the default):
-  evaluate(D) scores the newest model trained strictly before D (the pretrain directory of the latest earlier
-  date with _SUCCESS, found like pretrain.warm_start_source and declared as an external input so the contract
-  hashes it) on day D, which that model never saw: one request per user with the context of the user's first
+  evaluate(D) scores the newest model trained strictly before D (of the latest earlier date with a model,
+  the most post-trained directory with _SUCCESS: rl > sft > pretrain, declared as an external input so the
+  contract hashes it) on day D, which that model never saw: one request per user with the context of the user's first
   impression of D (history strictly before D, features(D)), truth = every item the user engaged with
   positively on D. Ranking uses today's trie (tokenize(D)), so items that appeared on D can be recommended;
   their share is the cold-start share. When no earlier model exists, it evaluates pretrain(D) on D (which saw
@@ -28,13 +28,18 @@ from onerec.errors import BadInput
 PROTOCOLS = ("next_day", "loo")
 
 
+MODEL_STAGES = ("rl", "sft", "pretrain")   # the newest post-trained model of a date first
+
+
 def model_source(ctx):
-    """(stage dir of the evaluated model, same_day): the newest pretrain strictly before D, else pretrain(D)."""
+    """(stage dir of the evaluated model, same_day): the newest date strictly before D with a model, and of that
+    date the most post-trained one (rl > sft > pretrain); else pretrain(D), the upstream."""
     d = dt.date.fromisoformat(ctx.date)
     for i in range(1, int(ctx.section.get("lookback_days", 30)) + 1):
-        prev = ctx.dir("pretrain", (d - dt.timedelta(days=i)).isoformat())
-        if prev.is_done():
-            return prev, False
+        for stage in MODEL_STAGES:
+            prev = ctx.dir(stage, (d - dt.timedelta(days=i)).isoformat())
+            if prev.is_done():
+                return prev, False
     return ctx.dir("pretrain"), True
 
 

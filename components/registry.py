@@ -20,7 +20,10 @@ class Stage:
     retries: int = 2                      # orchestrator retries on exit code 1 (never on 2 or 3)
     pipelines: tuple[str, ...] = ("daily", "bootstrap")
     resources: dict = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
+    # requests per task: "cpu", "memory", optional "gpu" (count; Airflow pods and KFP tasks ask for it and run
+    # the GPU image). The orchestrators kill a task after timeout_s (Airflow execution_timeout, pod deadline).
     description: str = ""
+    timeout_s: int = 6 * 3600
 
 
 STAGES: tuple[Stage, ...] = (
@@ -69,6 +72,30 @@ STAGES: tuple[Stage, ...] = (
         config_keys=("pretrain",),
         resources={"cpu": "4", "memory": "16Gi", "gpu": "1"},   # torchrun; bf16 on a GPU when there is one
         description="lazy decoder-only model on newest-impression samples; warm start from yesterday's model",
+    ),
+    Stage(
+        name="sft",
+        entrypoint="components.sft:run",
+        upstream=("features", "tokenize", "pretrain"),
+        config_keys=("sft",),
+        resources={"cpu": "4", "memory": "16Gi", "gpu": "1"},
+        description="supervised fine-tuning of pretrain(D) (or the champion) on day D's exposures; optional RSFT",
+    ),
+    Stage(
+        name="reward_model",
+        entrypoint="components.reward_model:run",
+        upstream=("features", "tokenize"),
+        config_keys=("reward_model",),
+        resources={"cpu": "2", "memory": "8Gi"},
+        description="OneRec-V1 multi-task reward model (watch-time percentile, like, follow, ...) fused into a P-score",
+    ),
+    Stage(
+        name="rl",
+        entrypoint="components.rl:run",
+        upstream=("ingest", "features", "tokenize", "sft", "reward_model"),
+        config_keys=("rl",),
+        resources={"cpu": "4", "memory": "16Gi", "gpu": "1"},   # rollouts + policy updates
+        description="RL from sft(D): duration-aware reward shaping + GBPO (ECPO, GRPO, DPO baselines), rollouts",
     ),
     Stage(
         name="evaluate",

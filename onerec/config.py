@@ -119,6 +119,39 @@ DEFAULTS: dict = {
         "warm_start_lookback_days": 30,
         "train": {"max_steps": 200, "batch_size": 64, "lr": 1e-3, "warmup_steps": 20, "ckpt_every": 50},
     },
+    "sft": {                              # supervised fine-tuning of pretrain(D) (components/sft.py)
+        "init": "pretrain",               # pretrain (the day's model) | champion (registry alias, same codebook only)
+        "history_days": 1,                # days of exposures ending at D
+        "samples": "all",                 # all exposures | positive (like/follow/80% watched)
+        "rsft": {"enabled": False,        # OneRec-V1 RSFT: drop the bottom `drop` share of sessions by play time
+                 "drop": 0.5,
+                 "session_key": "request_id"},
+        "train": {"max_steps": 100, "batch_size": 64, "lr": 2e-4, "warmup_steps": 10, "ckpt_every": 50},
+    },
+    "reward_model": {                     # OneRec-V1 reward model (onerec/reward_model.py)
+        "context": "small",               # ModelConfig preset of the context embedding (pathway lengths, vocab)
+        "d_model": 64,
+        "hidden": 128,
+        "weights": {"q": 1.0, "like": 0.5, "follow": 0.5, "comment": 0.3, "forward": 0.3, "dislike": -1.0},  # P-score
+        "q_positive": 0.75,               # the q task's AUC: is q above this
+        "steps": 300,
+        "batch_size": 256,
+        "lr": 1.0e-3,
+        "holdout": 0.1,                   # first day only (no earlier model to judge next-day): last 10% of D by time
+        "seed": 0,
+    },
+    "rl": {                               # RL from sft(D) (onerec/rl.py, onerec/posttrain.py); RLConfig documents each
+        "algorithm": "gbpo",              # gbpo (V2) | ecpo (V1) | grpo (ratio clipping) | dpo (IPA, RM pairs)
+        "source": "feedback",             # feedback (logged exposures) | reward_model (rollouts) | hybrid (both)
+        "top_quantile": 0.25,             # tau_B: top 25% of q in the batch are positive
+        "ties": "rank",                   # q tied at tau_B: rank (top 25% by q, then play time) | strict (q > tau_B)
+        "gen_loss_weight": 1.0,           # + generation loss on the logged samples: stay near the SFT model
+        "rollout_users": 8,               # users per batch with on-policy rollouts (reward_model / hybrid / dpo)
+        "group_size": 4,                  # rollouts per user
+        "format_samples": 0,              # unconstrained samples per rollout user for the format reward
+        "cold_start_bonus": 0.0,          # business reward hook (also: business_reward: "module:function")
+        "train": {"max_steps": 100, "batch_size": 64, "lr": 1e-4, "warmup_steps": 5, "ckpt_every": 50},
+    },
     "evaluate": {                         # offline metrics through beam search (components/evaluate.py)
         "protocol": "next_day",           # next_day: the newest model before D on day D | loo: last sample per user
         "targets": "positive",            # truth = liked/followed/80%-watched items | all impressed items
