@@ -3,6 +3,7 @@
   onerec run <stage> --date D [--config F] [--set k=v ...] [--force]
   onerec pipeline run --start D1 --end D2 [--until STAGE] [--config F] [--set k=v ...] [--force]
   onerec stages
+  onerec lineage <model> <version|alias> [--json]
   onerec data download NAME [--dest DIR] [--url URL] [--sha256 HEX] [--force]
 """
 from __future__ import annotations
@@ -26,6 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("stage")
     run.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
     _config_args(run)
+    # for orchestrators (Kubeflow container components): outputs as files, params as one JSON value
+    run.add_argument("--set-json", metavar="JSON", help="a JSON list of key=value overrides (after --set)")
+    run.add_argument("--digest-file", metavar="PATH", help="write the stage's output digest here")
+    run.add_argument("--gate-file", metavar="PATH",
+                     help="write 'pass', or 'blocked' when the stage's metrics say blessed=false")
+    run.add_argument("--upstream-digests", metavar="S=D,...",
+                     help="digests the orchestrator passed on: exit 2 unless the store still holds them")
+    run.add_argument("--run-id", metavar="ID", help="the orchestrator's run id, tagged on the MLflow run")
 
     pipe = sub.add_parser("pipeline", help="run the whole pipeline locally")
     pipe_sub = pipe.add_subparsers(dest="pipeline_command", required=True)
@@ -36,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(prun)
 
     sub.add_parser("stages", help="list the registered stages")
+
+    lin = sub.add_parser("lineage", help="model version -> training run -> datasets -> tokenizer -> DAG run")
+    lin.add_argument("model", help="registered model name")
+    lin.add_argument("version", help="version number or alias (champion, challenger, previous)")
+    lin.add_argument("--tracking-uri", help="MLflow tracking URI (default: the pipeline's)")
+    lin.add_argument("--store", help="artifact store root for full digests of older runs (default: the pipeline's)")
+    lin.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     sub.add_parser("serve", help="the recommendation service (FastAPI); `onerec serve --help` lists its options",
                    add_help=False)
@@ -62,6 +78,38 @@ def _serve(argv: list[str]) -> int:
     return 0
 
 
+def _stage_dir(stage: str, date: str, config: dict):
+    from onerec.config import resolved
+    from onerec.store import StageDir, open_store
+
+    cfg = resolved(config)
+    return StageDir(open_store(cfg["store"]["root"]), cfg["pipeline"], date, stage)
+
+
+def _check_upstream(stage: str, date: str, config: dict, spec: str) -> None:
+    """A cached orchestrator run hands on the digests it saw; recomputed upstream outputs must not mix in."""
+    from onerec.errors import BadInput
+
+    for item in filter(None, spec.split(",")):
+        name, _, digest = item.partition("=")
+        actual = _stage_dir(name, date, config).digest()
+        if digest and actual != digest:
+            raise BadInput(f"{stage} {date}: upstream {name} changed since the orchestrator saw it "
+                           f"({digest[:12]} -> {actual[:12]}); rerun {name} downstream")
+
+
+def _write_outputs(args, config: dict, result) -> None:
+    from pathlib import Path
+
+    if args.digest_file:
+        Path(args.digest_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.digest_file).write_text(_stage_dir(result.stage, result.date, config).digest())
+    if args.gate_file:
+        blessed = (result.manifest.get("metrics") or {}).get("blessed", True)
+        Path(args.gate_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.gate_file).write_text("pass" if blessed not in (False, 0, "false", "False") else "blocked")
+
+
 def _dispatch(args) -> int:
     if args.command == "stages":
         from components.registry import STAGES
@@ -80,15 +128,47 @@ def _dispatch(args) -> int:
         print(f"{args.name}: {path}")
         return 0
 
+    if args.command == "lineage":
+        import json
+
+        from onerec import lineage
+        from onerec.config import DEFAULTS, resolved
+
+        cfg = resolved(DEFAULTS)
+        chain = lineage.lineage(args.model, args.version, tracking_uri=args.tracking_uri or cfg["mlflow"]["tracking_uri"],
+                                store_root=args.store or cfg["store"]["root"])
+        print(json.dumps(chain, indent=2, sort_keys=True) if args.json else lineage.format_lineage(chain))
+        return 0
+
     from onerec.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "set_json", None):
+        import json
+
+        try:
+            extra = json.loads(args.set_json)
+        except ValueError:
+            extra = None
+        if not isinstance(extra, list):
+            from onerec.errors import BadInput
+
+            raise BadInput(f"--set-json expects a JSON list of key=value strings, got {args.set_json!r}")
+        overrides += [str(x) for x in extra]
+    config = load_config(args.config or None, overrides)
     if args.command == "run":
+        import os
+
         from components.contract import run_stage
 
+        if args.run_id:
+            os.environ["ONEREC_RUN_ID"] = args.run_id
+        if args.upstream_digests:
+            _check_upstream(args.stage, args.date, config, args.upstream_digests)
         result = run_stage(args.stage, args.date, config, force=args.force)
         what = "up to date, nothing to do" if result.status == "skipped" else f"done in {result.manifest['duration_s']}s"
         print(f"{result.stage} {result.date}: {what}")
+        _write_outputs(args, config, result)
         return 0
     if args.command == "pipeline":
         from components.runner import run_pipeline

@@ -139,6 +139,7 @@ def run_stage(name: str, date: str, config: dict, *, force: bool = False) -> Res
             mlflow.log_metrics(numeric)
         mlflow.log_metric("duration_s", manifest["duration_s"])
         out.commit(manifest)
+        mlflow.set_tag(tracking.TAG_OUTPUT_DIGEST, out.digest())   # lineage: which run made these outputs
     return Result(name, date, "done", out.manifest())
 
 

@@ -17,8 +17,29 @@ from pathlib import Path
 
 BUNDLE_FILES = ("model.safetensors", "model.json", "trie.safetensors", "sids.parquet", "codebook.json")
 ARTIFACT_DIR = "onerec_model"
-DEFAULT_NAME = "onerec"
-CHAMPION = "champion"
+
+
+def load_policy(path: str | None = None) -> dict:
+    """The registry policy, mlflow/registry_policy.yaml (aliases, tag schema): $ONEREC_REGISTRY_POLICY, else
+    the checkout's copy. An installed package without either falls back to the same values built in."""
+    import os
+
+    import yaml
+
+    for candidate in (path, os.environ.get("ONEREC_REGISTRY_POLICY"),
+                      Path(__file__).resolve().parents[1] / "mlflow" / "registry_policy.yaml"):
+        if candidate and Path(candidate).is_file():
+            return yaml.safe_load(Path(candidate).read_text())
+    return {"registered_model": "onerec",
+            "aliases": {"champion": "champion", "challenger": "challenger", "previous": "previous"},
+            "version_tags": {}, "run_tags": {}}
+
+
+POLICY = load_policy()
+DEFAULT_NAME = POLICY["registered_model"]
+ALIASES = POLICY["aliases"]
+CHAMPION, CHALLENGER, PREVIOUS = ALIASES["champion"], ALIASES["challenger"], ALIASES["previous"]
+VERSION_TAGS = tuple(POLICY.get("version_tags") or ())
 
 
 @dataclass
@@ -124,3 +145,36 @@ def load_version(version, dst: str | None = None, tracking_uri: str | None = Non
 def load_alias(name: str = DEFAULT_NAME, alias: str = CHAMPION, tracking_uri: str | None = None) -> Bundle | None:
     version = resolve_alias(name, alias, tracking_uri)
     return None if version is None else load_version(version, tracking_uri=tracking_uri)
+
+
+def version_tags(stage_dir, tokenize_dir=None, blessed: bool | None = None) -> dict:
+    """The policy's version tags for a model registered from a finished stage directory."""
+    manifest = stage_dir.manifest()
+    tags = {"onerec.pipeline": manifest["pipeline"], "onerec.date": manifest["date"], "onerec.stage": manifest["stage"],
+            "onerec.output_digest": stage_dir.digest(), "onerec.code_version": manifest.get("code_version", "")}
+    if tokenize_dir is not None:
+        tags["onerec.codebook_digest"] = json.loads(tokenize_dir.read_bytes("codebook.json"))["digest"]
+    if blessed:
+        tags["onerec.blessed"] = "true"
+    unknown = set(tags) - set(VERSION_TAGS) if VERSION_TAGS else set()
+    assert not unknown, f"tags outside the registry policy: {unknown}"
+    return tags
+
+
+def rollback(name: str = DEFAULT_NAME, tracking_uri: str | None = None) -> str:
+    """One step back: `previous` becomes `champion`; the rolled-back version keeps `challenger` for analysis.
+    Returns the new champion's version."""
+    from mlflow import MlflowClient
+
+    from onerec.errors import BadInput
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    previous = resolve_alias(name, PREVIOUS, tracking_uri)
+    if previous is None:
+        raise BadInput(f"{name} has no {PREVIOUS!r} alias: nothing to roll back to")
+    current = resolve_alias(name, CHAMPION, tracking_uri)
+    client.set_registered_model_alias(name, CHAMPION, str(previous.version))
+    client.delete_registered_model_alias(name, PREVIOUS)
+    if current is not None and str(current.version) != str(previous.version):
+        client.set_registered_model_alias(name, CHALLENGER, str(current.version))
+    return str(previous.version)

@@ -23,6 +23,8 @@ TAG_STAGE = "onerec.stage"
 TAG_DATE = "onerec.date"
 TAG_PIPELINE = "onerec.pipeline"
 TAG_CODE = "onerec.code_version"
+TAG_OUTPUT_DIGEST = "onerec.output_digest"     # the stage directory digest this run committed
+TAG_ORCHESTRATOR_RUN = "onerec.orchestrator_run"   # e.g. airflow:<dag_id>/<run_id>, kfp:<job id>
 
 
 def code_version() -> str:
@@ -97,6 +99,8 @@ def stage_run(tracking_uri: str, experiment: str, pipeline: str, date: str, stag
     with mlflow.start_run(run_id=parent_id, log_system_metrics=False):
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{stage} {date}", nested=True,
                               tags=None if run_id else {**base_tags, TAG_STAGE: stage}) as run:
+            if orchestrator_run := os.environ.get("ONEREC_RUN_ID"):   # set by the DAG / pipeline task
+                mlflow.set_tag(TAG_ORCHESTRATOR_RUN, orchestrator_run)
             yield run
     # Leaving the parent context ends it as FINISHED (or FAILED on error): the parent shows the
     # state of the date's latest stage instead of staying "RUNNING" between stages.

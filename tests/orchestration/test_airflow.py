@@ -70,11 +70,24 @@ def test_dags_mirror_the_registry(dagbag, dag_id, pipeline):
         assert t.upstream_task_ids == set(s.upstream)
         assert t.retries == s.retries
         assert t.retry_exponential_backoff == 2.0  # a multiplier in Airflow 3.3: True would mean 1.0, no backoff
-        assert t.execution_timeout is not None
+        assert t.execution_timeout == dt.timedelta(seconds=s.timeout_s)
         assert t.on_failure_callback
     assert dag.get_task("validate").retries == 0  # bad data does not get better by retrying
-    assert dag.max_active_runs == 1 and not dag.catchup
-    assert set(dag.params) == {"date", "config", "set"}
+    assert dag.max_active_runs == 1 and not dag.catchup  # day D warm-starts from D-1: backfills run in order
+    assert set(dag.params) == {"date", "config", "set", "until"}
+
+
+def test_deadline_alert(monkeypatch):
+    """Every run must finish within N hours of being queued, else the pluggable notifier is called."""
+    m = load_dag_module()
+    monkeypatch.delenv("ONEREC_DEADLINE_HOURS")  # the conftest turns it off for dag.test(); the default is on
+    [deadline] = m.build_dag("with_deadline", "daily", None).deadline
+    assert deadline.callback.path == "components.alerts.deadline_missed"
+    assert deadline.callback.kwargs == {"dag_id": "with_deadline", "pipeline": "daily", "hours": 12.0}
+    assert type(deadline.reference).__name__ == "DagRunQueuedAtDeadline"  # not the logical date: backfills
+    assert deadline.interval == dt.timedelta(hours=12)
+    monkeypatch.setenv("ONEREC_DEADLINE_HOURS", "3")
+    assert m.build_dag("with_deadline", "bootstrap", None).deadline[0].interval == dt.timedelta(hours=3)
 
 
 def test_schedules(dagbag):
@@ -186,7 +199,9 @@ def test_failed_stage_clear_and_rerun(airflow_db, dagbag, onerec_home, monkeypat
     monkeypatch.setenv("ONEREC_FAULT", "validate:start:raise")
     monkeypatch.setenv("ONEREC_FAILURE_NOTIFIER", f"{__name__}:record_failure")
     FAILURES.clear()
-    run = dag.test(logical_date=LOGICAL_DATE, run_conf={"config": DEBUG})  # date from the logical date
+    # date from the logical date. "date": None explicitly: in one process, dag.test() leaves an earlier run's
+    # conf values on the DAG's shared Param objects (process_params updates them in place)
+    run = dag.test(logical_date=LOGICAL_DATE, run_conf={"config": DEBUG, "date": None})
     assert str(run.state) == "failed"
     assert {k: v for k, v in states(run).items() if k in ("ingest", "validate")} == {
         "ingest": ("success", 1), "validate": ("failed", 1)}
@@ -209,7 +224,7 @@ def test_failed_stage_clear_and_rerun(airflow_db, dagbag, onerec_home, monkeypat
     assert cleared.pop("ingest") == ("success", 1)
     assert {state for state, _ in cleared.values()} == {"None"}
     with resuming(run.run_id):
-        rerun = dag.test(logical_date=LOGICAL_DATE, run_conf={"config": DEBUG}, mark_success_pattern=after)
+        rerun = dag.test(logical_date=LOGICAL_DATE, run_conf={"config": DEBUG, "date": None}, mark_success_pattern=after)
     assert rerun.run_id == run.run_id and str(rerun.state) == "success", states(rerun)
     final = states(rerun)
     assert final.pop("ingest") == ("success", 1)  # not run again
