@@ -62,7 +62,9 @@ def debug_pipeline(tmp_path_factory) -> Path:
     """
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp().parent    # shared by the xdist workers of this session
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):       # each worker has its own basetemp under the session's
+        root = root.parent
     snapshot = root / "debug_pipeline"
     with FileLock(str(root / "debug_pipeline.lock")):
         if not (snapshot / "DONE").is_file():
