@@ -5,6 +5,7 @@
   onerec stages
   onerec lineage <model> <version|alias> [--json]
   onerec data download NAME [--dest DIR] [--url URL] [--sha256 HEX] [--force]
+  onerec model rollback [--name onerec] [--reason TEXT] [--tracking-uri URI]
 """
 from __future__ import annotations
 
@@ -55,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="the recommendation service (FastAPI); `onerec serve --help` lists its options",
                    add_help=False)
+
+    model = sub.add_parser("model", help="the model registry's aliases")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    rb = model_sub.add_parser("rollback", help="move champion back to previous (recorded as version tags)")
+    rb.add_argument("--name", help="registered model name (default: the registry policy's)")
+    rb.add_argument("--reason", default="manual rollback", help="why: recorded on the versions")
+    rb.add_argument("--tracking-uri", help="MLflow tracking URI (default: the pipeline's)")
 
     data = sub.add_parser("data", help="public datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -126,6 +134,17 @@ def _dispatch(args) -> int:
         dest = Path(args.dest) if args.dest else home() / "data" / args.name
         path = download(args.name, dest, url=args.url, sha256=args.sha256, force=args.force)
         print(f"{args.name}: {path}")
+        return 0
+
+    if args.command == "model":
+        from onerec import model_registry
+        from onerec.config import DEFAULTS, resolved
+
+        uri = args.tracking_uri or resolved(DEFAULTS)["mlflow"]["tracking_uri"]
+        name = args.name or model_registry.DEFAULT_NAME
+        before = model_registry.resolve_alias(name, model_registry.CHAMPION, uri)
+        version = model_registry.rollback(name, tracking_uri=uri, why=args.reason)
+        print(f"{name}: {model_registry.CHAMPION} {'-' if before is None else before.version} -> {version}")
         return 0
 
     if args.command == "lineage":

@@ -105,6 +105,15 @@ STAGES: tuple[Stage, ...] = (
         resources={"cpu": "2", "memory": "4Gi"},   # beam search over every evaluated user, two models
         description="Recall/HR/NDCG@K via constrained beam search: yesterday's model on today, vs the champion",
     ),
+    Stage(
+        name="promote",
+        entrypoint="components.promote:run",
+        upstream=("evaluate",),
+        config_keys=("promote",),
+        retries=0,   # a gate decision does not change by retrying
+        resources={"cpu": "1", "memory": "2Gi"},
+        description="gates (no regression vs the champion, invalid rate 0, online SLO) -> register, move champion",
+    ),
 )
 
 BY_NAME = {s.name: s for s in STAGES}

@@ -166,6 +166,19 @@ DEFAULTS: dict = {
         "registered_model": "onerec",     # MLflow registered model name ...
         "champion_alias": "champion",     # ... and the alias of the current champion
     },
+    "promote": {                          # gates before `champion` moves (components/promote.py); exit 3 if any fails
+        "registered_model": "onerec",     # MLflow registered model whose aliases move
+        "tolerances": {                   # relative gates vs the champion (same users, evaluate(D)): fail when
+            "recall_at_10": 0.01,         #   candidate < champion - tolerance (absolute metric units)
+            "ndcg_at_10": 0.01,
+            "hr_at_10": 0.01,
+        },
+        "max_invalid_rate": 0.0,          # absolute gate: invalid SIDs from constrained beam search (and online)
+        "min_users": 1,                   # absolute gate: evaluated on at least this many users
+        "allow_same_day": True,           # promote a model scored on its own training day (only the very first day)
+        "latency_p99_ms": 250.0,          # online gate (when online_validate ran): challenger p99 latency SLO; null = off
+        "max_error_rate": 0.0,            # online gate: share of failed requests
+    },
 }
 
 

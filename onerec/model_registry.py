@@ -40,6 +40,7 @@ DEFAULT_NAME = POLICY["registered_model"]
 ALIASES = POLICY["aliases"]
 CHAMPION, CHALLENGER, PREVIOUS = ALIASES["champion"], ALIASES["challenger"], ALIASES["previous"]
 VERSION_TAGS = tuple(POLICY.get("version_tags") or ())
+ALIAS_EVENT_PREFIX = POLICY.get("alias_event_tag_prefix") or "onerec.alias_event."
 
 
 @dataclass
@@ -161,9 +162,71 @@ def version_tags(stage_dir, tokenize_dir=None, blessed: bool | None = None) -> d
     return tags
 
 
-def rollback(name: str = DEFAULT_NAME, tracking_uri: str | None = None) -> str:
+def who() -> str:
+    """Who is moving an alias: the orchestrator run when there is one, else user@host."""
+    import getpass
+    import os
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = os.environ.get("USER", "unknown")
+    run = os.environ.get("ONEREC_RUN_ID")
+    return f"{user}@{socket.gethostname()}" + (f" ({run})" if run else "")
+
+
+def record_alias_change(name: str, version: str, alias: str, *, action: str = "set", why: str = "",
+                        metrics: dict | None = None, replaced: str | None = None, by: str | None = None,
+                        tracking_uri: str | None = None) -> dict:
+    """Record one alias change as tags on the version it concerns (the policy's alias event schema):
+    `<prefix><UTC stamp>.<alias>` (the history) and `onerec.alias.<alias>.last` (the latest). Returns the event."""
+    import datetime as dt
+
+    from mlflow import MlflowClient
+
+    now = dt.datetime.now(dt.timezone.utc)
+    event = {"alias": alias, "action": action, "version": str(version), "replaced": replaced,
+             "who": by or who(), "when": now.isoformat(), "why": why,
+             "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in (metrics or {}).items()}}
+    value = json.dumps(event, sort_keys=True)
+    if len(value) > 5000:               # MLflow's tag value limit: keep who/when/why, drop the metrics
+        value = json.dumps({**event, "metrics": {"truncated": True}}, sort_keys=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.set_model_version_tag(name, str(version), f"{ALIAS_EVENT_PREFIX}{now.strftime('%Y%m%dT%H%M%S%fZ')}.{alias}", value)
+    client.set_model_version_tag(name, str(version), f"onerec.alias.{alias}.last", value)
+    return event
+
+
+def promote(name: str, version: str, *, why: str = "", metrics: dict | None = None,
+            tracking_uri: str | None = None) -> str | None:
+    """`version` becomes `champion`; the old champion becomes `previous`; `challenger` is removed when it
+    pointed at `version`. Every change is recorded as version tags. Returns the old champion's version."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    old = resolve_alias(name, CHAMPION, tracking_uri)
+    old_version = None if old is None else str(old.version)
+    if old_version is not None and old_version != str(version):
+        old_previous = resolve_alias(name, PREVIOUS, tracking_uri)
+        client.set_registered_model_alias(name, PREVIOUS, old_version)
+        record_alias_change(name, old_version, PREVIOUS, why=f"replaced as {CHAMPION} by version {version}: {why}",
+                            replaced=None if old_previous is None else str(old_previous.version),
+                            tracking_uri=tracking_uri)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    record_alias_change(name, version, CHAMPION, why=why, metrics=metrics, replaced=old_version,
+                        tracking_uri=tracking_uri)
+    challenger = resolve_alias(name, CHALLENGER, tracking_uri)
+    if challenger is not None and str(challenger.version) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)
+        record_alias_change(name, version, CHALLENGER, action="removed", why=f"promoted to {CHAMPION}",
+                            tracking_uri=tracking_uri)
+    return old_version
+
+
+def rollback(name: str = DEFAULT_NAME, tracking_uri: str | None = None, why: str = "") -> str:
     """One step back: `previous` becomes `champion`; the rolled-back version keeps `challenger` for analysis.
-    Returns the new champion's version."""
+    Returns the new champion's version. Every alias change is recorded as version tags."""
     from mlflow import MlflowClient
 
     from onerec.errors import BadInput
@@ -173,8 +236,14 @@ def rollback(name: str = DEFAULT_NAME, tracking_uri: str | None = None) -> str:
     if previous is None:
         raise BadInput(f"{name} has no {PREVIOUS!r} alias: nothing to roll back to")
     current = resolve_alias(name, CHAMPION, tracking_uri)
+    why = why or "rollback"
+    current_version = None if current is None else str(current.version)
     client.set_registered_model_alias(name, CHAMPION, str(previous.version))
     client.delete_registered_model_alias(name, PREVIOUS)
-    if current is not None and str(current.version) != str(previous.version):
-        client.set_registered_model_alias(name, CHALLENGER, str(current.version))
+    record_alias_change(name, previous.version, PREVIOUS, action="removed", why=why, tracking_uri=tracking_uri)
+    record_alias_change(name, previous.version, CHAMPION, why=why, replaced=current_version, tracking_uri=tracking_uri)
+    if current is not None and current_version != str(previous.version):
+        client.set_registered_model_alias(name, CHALLENGER, current_version)
+        record_alias_change(name, current_version, CHALLENGER, why=f"rolled back from {CHAMPION}: {why}",
+                            tracking_uri=tracking_uri)
     return str(previous.version)
