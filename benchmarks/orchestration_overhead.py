@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"| mode | runs | mean s | min s | overhead vs direct |\n|---|---|---|---|---|")
+    print("| mode | runs | mean s | min s | overhead vs direct |\n|---|---|---|---|---|")
     for k, r in rows.items():
         print(f"| {k} | {len(r['runs'])} | {r['mean_s']:.1f} | {r['min_s']:.1f} | {r['overhead_vs_direct']:+.1%} |")
     print(f"\nAirflow vs per-stage (Airflow's own cost): {rows['airflow']['overhead_vs_per_stage']:+.1%}; "

@@ -116,7 +116,7 @@ def render(rows: list[dict]) -> str:
     stops = defaultdict(int)
     for r in rows:
         stops[r["stopped"]] += 1
-    out.append(f"- Why training stopped, over all runs: " + ", ".join(f"{k}: {v}" for k, v in sorted(stops.items())) +
+    out.append("- Why training stopped, over all runs: " + ", ".join(f"{k}: {v}" for k, v in sorted(stops.items())) +
                " (patience = validation NDCG@10 stopped improving; time budget = `--time-budget-min` cut it first).")
     datasets = {r["dataset"]: r["_dataset_info"] for r in rows}
     if datasets:

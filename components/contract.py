@@ -43,6 +43,17 @@ class StageContext:
     def dir(self, stage: str, date: str | None = None) -> StageDir:
         return StageDir(self.store, self.pipeline, date or self.date, stage)
 
+    def earlier_done(self, stages, days: int):
+        """Finished stage directories of the `days` dates before this one, newest date first (and, within a
+        date, in the order of `stages`): how a stage finds yesterday's model, state or history."""
+        stages = (stages,) if isinstance(stages, str) else tuple(stages)
+        d = dt.date.fromisoformat(self.date)
+        for i in range(1, int(days) + 1):
+            for stage in stages:
+                prev = self.dir(stage, (d - dt.timedelta(days=i)).isoformat())
+                if prev.is_done():
+                    yield prev
+
     def upstream(self, stage: str) -> StageDir:
         d = self.dir(stage)
         if not d.is_done():

@@ -20,7 +20,6 @@ Metrics: onerec.evaluation (recall/hr/ndcg/coverage/cold_share/cluster_density @
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 from onerec.errors import BadInput
@@ -34,13 +33,8 @@ MODEL_STAGES = ("rl", "sft", "pretrain")   # the newest post-trained model of a 
 def model_source(ctx):
     """(stage dir of the evaluated model, same_day): the newest date strictly before D with a model, and of that
     date the most post-trained one (rl > sft > pretrain); else pretrain(D), the upstream."""
-    d = dt.date.fromisoformat(ctx.date)
-    for i in range(1, int(ctx.section.get("lookback_days", 30)) + 1):
-        for stage in MODEL_STAGES:
-            prev = ctx.dir(stage, (d - dt.timedelta(days=i)).isoformat())
-            if prev.is_done():
-                return prev, False
-    return ctx.dir("pretrain"), True
+    prev = next(ctx.earlier_done(MODEL_STAGES, ctx.section.get("lookback_days", 30)), None)
+    return (prev, False) if prev is not None else (ctx.dir("pretrain"), True)
 
 
 def _champion(ctx):

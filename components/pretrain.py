@@ -4,8 +4,9 @@ Reads features(D) samples (bootstrap: the last `history_days` days) and tokenize
   model.safetensors   the weights (safetensors; nothing pickled)
   model.json          ModelConfig + the codebook digest the heads were trained for
   train.json          TrainConfig, losses, throughput, MFU
-Daily continual training warm-starts from the newest earlier model of this pipeline (the champion once
-the registry has one) when it was trained for the same codebook; a refit codebook changes what every
+Daily continual training warm-starts from the newest earlier pretrain model of this pipeline (not the
+registry's champion: pretraining stays one continuous line; `sft` can start from the champion) when it
+was trained for the same codebook; a refit codebook changes what every
 semantic ID means, so the model then starts from scratch and says so.
 Checkpoints live in the job's scratch prefix (outside the stage directory, which every run resets) and
 a killed run resumes from the newest complete one; they are removed once the weights are written.
@@ -32,15 +33,10 @@ def _days(ctx) -> list[str]:
 
 
 def warm_start_source(ctx):
-    """The newest earlier model of this pipeline (champion resolution lives here once promotion exists)."""
+    """The newest earlier pretrain model of this pipeline (see the module docstring)."""
     if not ctx.section.get("warm_start", True):
         return None
-    d = dt.date.fromisoformat(ctx.date)
-    for i in range(1, int(ctx.section.get("warm_start_lookback_days", 30)) + 1):
-        prev = ctx.dir("pretrain", (d - dt.timedelta(days=i)).isoformat())
-        if prev.is_done():
-            return prev
-    return None
+    return next(ctx.earlier_done("pretrain", ctx.section.get("warm_start_lookback_days", 30)), None)
 
 
 def external_inputs(ctx) -> dict:
@@ -62,14 +58,15 @@ def _model_config(ctx, vocab):
         raise BadInput(f"pretrain model config: {e}") from None
 
 
-def _train_config(ctx):
+def train_config(ctx):
+    """TrainConfig from this stage's `train` section (pretrain, sft and rl share it); unknown keys -> exit 2."""
     from onerec.train import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = dict(ctx.section.get("train") or {})
     unknown = set(given) - fields
     if unknown:
-        raise BadInput(f"unknown pretrain.train option(s) {sorted(unknown)}; known: {sorted(fields)}")
+        raise BadInput(f"unknown {ctx.stage.name}.train option(s) {sorted(unknown)}; known: {sorted(fields)}")
     return TrainConfig(**given)
 
 
@@ -135,7 +132,7 @@ def run(ctx) -> dict:
     codebook = json.loads(tok.read_bytes("codebook.json"))
     sids = SidTable.from_table(tok.read_table("sids"))
     vocab = sids.vocab_sizes(codebook["sizes"])
-    mcfg, tcfg = _model_config(ctx, vocab), _train_config(ctx)
+    mcfg, tcfg = _model_config(ctx, vocab), train_config(ctx)
     torch.manual_seed(tcfg.seed)
     model = M.OneRec(mcfg)
 

@@ -19,11 +19,11 @@ class Stage:
     config_keys: tuple[str, ...] = ()     # config sections that define this stage's result (hashed)
     retries: int = 2                      # orchestrator retries on exit code 1 (never on 2 or 3)
     pipelines: tuple[str, ...] = ("daily", "bootstrap")
-    resources: dict = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
     # requests per task: "cpu", "memory", optional "gpu" (count; Airflow pods and KFP tasks ask for it and run
-    # the GPU image). The orchestrators kill a task after timeout_s (Airflow execution_timeout, pod deadline).
+    # the GPU image)
+    resources: dict = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
     description: str = ""
-    timeout_s: int = 6 * 3600
+    timeout_s: int = 6 * 3600             # the orchestrators kill a task after this (execution_timeout, pod deadline)
 
 
 STAGES: tuple[Stage, ...] = (

@@ -11,7 +11,6 @@ rl reads the P-score weights from reward_model.json, so they are part of this st
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 
 from onerec.errors import BadInput
@@ -20,12 +19,8 @@ FILES = ("reward_model.safetensors", "reward_model.json")
 
 
 def previous(ctx):
-    d = dt.date.fromisoformat(ctx.date)
-    for i in range(1, int(ctx.section.get("lookback_days", 30)) + 1):
-        prev = ctx.dir("reward_model", (d - dt.timedelta(days=i)).isoformat())
-        if prev.is_done():
-            return prev
-    return None
+    """The newest earlier reward model: scored next-day on D (its AUC is the honest one)."""
+    return next(ctx.earlier_done("reward_model", ctx.section.get("lookback_days", 30)), None)
 
 
 def external_inputs(ctx) -> dict:

@@ -47,7 +47,7 @@ def run(ctx) -> dict:
     from components import reward_model as rm_stage
     from components.contract import fault
     from components.pretrain import _days, load_model, prepare_files
-    from components.sft import train_config
+    from components.pretrain import train_config
     from onerec.item.trie import SidTrie
     from onerec.posttrain import RLObjective, collate_rl, items_per_sid
     from onerec.samples import SidTable
@@ -58,7 +58,7 @@ def run(ctx) -> dict:
     codebook = json.loads(tok.read_bytes("codebook.json"))
     sids = SidTable.from_table(tok.read_table("sids"))
     trie = SidTrie.from_bytes(tok.read_bytes("trie.safetensors"))
-    rcfg, tcfg = rl_config(ctx), train_config(ctx, "rl")
+    rcfg, tcfg = rl_config(ctx), train_config(ctx)
     torch.manual_seed(tcfg.seed)
     policy, meta = load_model(ctx.upstream("sft"))
     reference, _ = load_model(ctx.upstream("sft"))

@@ -32,17 +32,6 @@ def external_inputs(ctx) -> dict:
     return {} if champion is None else {"champion": f"{champion.name}/{champion.version}"}
 
 
-def train_config(ctx, section: str):
-    from onerec.train import TrainConfig
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = dict(ctx.section.get("train") or {})
-    unknown = set(given) - fields
-    if unknown:
-        raise BadInput(f"unknown {section}.train option(s) {sorted(unknown)}; known: {sorted(fields)}")
-    return TrainConfig(**given)
-
-
 def init_model(ctx, codebook):
     """(model, model.json meta, source name): pretrain(D), or the champion when asked for and compatible."""
     import mlflow
@@ -73,11 +62,13 @@ def run(ctx) -> dict:
     from onerec.samples import SidTable, collate
     from onerec.train import Checkpoints, ParquetStream, train
 
+    from components.pretrain import train_config
+
     tok = ctx.upstream("tokenize")
     ctx.upstream("features")
     codebook = json.loads(tok.read_bytes("codebook.json"))
     sids = SidTable.from_table(tok.read_table("sids"))
-    tcfg = train_config(ctx, "sft")
+    tcfg = train_config(ctx)
     torch.manual_seed(tcfg.seed)
     model, meta, source = init_model(ctx, codebook)
     mcfg = model.cfg

@@ -7,20 +7,13 @@ writes no _SUCCESS, so nothing downstream can run.
 """
 from __future__ import annotations
 
-import datetime as dt
 
 from onerec.errors import BadInput
 from onerec.schemas import day_start_ms
 
 
 def _history(ctx) -> list:
-    d = dt.date.fromisoformat(ctx.date)
-    days = []
-    for i in range(1, int(ctx.section.get("drift_days", 7)) + 1):
-        prev = ctx.dir("validate", (d - dt.timedelta(days=i)).isoformat())
-        if prev.is_done():
-            days.append(prev)
-    return days
+    return list(ctx.earlier_done("validate", ctx.section.get("drift_days", 7)))
 
 
 def external_inputs(ctx) -> dict:

@@ -429,7 +429,7 @@ def forward_flops(cfg: ModelConfig, context_len: int | None = None) -> dict:
     encoding and target decoding. Training costs 3x (forward + backward). Elementwise ops are ignored,
     as in the paper; attention scores are included."""
     S = context_len or cfg.context_len
-    D, T, H = cfg.d_model, len(cfg.codebook_sizes), cfg.d_head
+    D, T = cfg.d_model, len(cfg.codebook_sizes)
     n_path_tokens = S - 1
     ctx_out = cfg.d_context if cfg.arch == "lazy" else D
     context = 2 * (cfg.user_feat_dim * ctx_out + n_path_tokens * (cfg.embed_dim + cfg.item_feat_dim) * ctx_out)

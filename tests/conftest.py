@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import DEBUG_CONFIG, REPO, SHARED_DATA, copy_home, run_cli  # noqa: F401  (re-exported)
+from support import DEBUG_CONFIG, copy_home, run_cli
 
 # Tests never reach the network and never write into the developer's home.
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
