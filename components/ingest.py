@@ -3,6 +3,9 @@
 Impressions are the day's events (UTC day of `ts`); items and users are snapshots of what is known
 by the end of the day (first_seen before midnight), so every impression's item is in the snapshot.
 File-based sources are digested as external inputs: a changed source file re-ingests the day.
+Served feedback (`data.served_feedback`): the impressions that online_validate(D-1)'s challenger arm served
+(source = model, gen_prob set; stamped on D) are added to D's impressions, so day D's training sees what the
+model served yesterday (OneRec-V2's loop). Their digest is an external input: a redone validation re-ingests D.
 """
 from __future__ import annotations
 
@@ -15,10 +18,20 @@ import pyarrow.compute as pc
 from onerec.schemas import DAY_MS, EVENT_KEY, conform, day_start_ms
 
 
+def _served(ctx):
+    """online_validate(D-1) with _SUCCESS and served impressions, when served feedback is on; else None."""
+    if not ctx.config["data"].get("served_feedback", True):
+        return None
+    prev = next(ctx.earlier_done("online_validate", 1), None)
+    return prev if prev is not None and prev.store.exists(prev.key("served_impressions.parquet")) else None
+
+
 def external_inputs(ctx) -> dict:
     data = ctx.config["data"]
+    served = _served(ctx)
+    inputs = {} if served is None else {"served_feedback": served.digest()}
     if not data.get("path"):
-        return {}
+        return inputs
     path = Path(data["path"]).expanduser()
     if not path.exists():
         from onerec.errors import BadInput
@@ -31,7 +44,7 @@ def external_inputs(ctx) -> dict:
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    return {"source": h.hexdigest()}
+    return {**inputs, "source": h.hexdigest()}
 
 
 def _table(x, name: str) -> pa.Table:
@@ -58,6 +71,17 @@ def run(ctx) -> dict:
         imps = imps.filter(pc.and_(pc.greater_equal(ts, start), pc.less(ts, start + DAY_MS)))
         items, users = _known_by(items, start + DAY_MS), _known_by(users, start + DAY_MS)
 
+    served = _served(ctx)
+    n_served = 0
+    if served is not None:
+        extra = served.read_table("served_impressions")
+        ts = extra["ts"]
+        extra = extra.filter(pc.and_(pc.greater_equal(ts, start), pc.less(ts, start + DAY_MS)))
+        n_served = extra.num_rows
+        imps = pa.concat_tables([imps, extra.select(imps.column_names).cast(imps.schema)])
+        imps = imps.take(pc.sort_indices(imps, [("ts", "ascending"), ("user_id", "ascending"),
+                                                ("item_id", "ascending")]))
+
     dropped = 0
     if data.get("dedupe") and imps.num_rows:
         # Some public logs repeat events (KuaiRand: 5,885 rows share user, item and ms timestamp). The gate
@@ -72,4 +96,4 @@ def run(ctx) -> dict:
         df = t.slice(0, 100_000).to_pandas() if name != "items" else t.select(["item_id", "first_seen"]).to_pandas()
         mlflow.log_input(mlflow.data.from_pandas(df, source=uris[name], name=f"{name}/{ctx.date}"), context="ingest")
     return {"impressions": imps.num_rows, "items": items.num_rows, "users": users.num_rows,
-            "duplicates_dropped": dropped, "source": data["source"]}
+            "duplicates_dropped": dropped, "served_impressions": n_served, "source": data["source"]}

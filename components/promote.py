@@ -1,10 +1,10 @@
 """`promote`: the only stage that moves the registry's `champion` alias.
 
 promote(D) reads evaluate(D)'s metrics.json (the candidate = the newest post-trained model before D, scored on D
-next to the current champion) and, when an online validation of D exists (online_validate(D) with _SUCCESS),
-its blessing.json. Gates (config section `promote`):
+next to the current champion) and online_validate(D)'s blessing.json (an upstream; a blessing marked `skipped`,
+written when `online_validate.enabled` is false, means no online gates). Gates (config section `promote`):
   absolute  invalid rate <= max_invalid_rate (0), users >= min_users, same-day evaluations only if allowed,
-            online validation (when it ran): blessed, error rate, invalid rate, p99 latency within the SLO;
+            online validation: of this very candidate, blessed, error rate, invalid rate, p99 latency within the SLO;
   relative  (only when there is a champion) no metric in `tolerances` below champion - tolerance.
 A candidate that passes is written as a registry bundle (model_registry.write_bundle: its stage directory + its
 own date's tokenizer tables), registered as a new version of `promote.registered_model` with the policy's version
@@ -12,7 +12,8 @@ tags (onerec.blessed=true), and becomes `champion`; the old champion becomes `pr
 recorded on the versions as tags (who, when, why, metrics; mlflow/registry_policy.yaml). The first run, with no
 champion, promotes the first candidate that passes the absolute gates. A candidate that already is the champion
 (same output digest) is a no-op. Any failed gate raises GateFailed (exit 3: the orchestrators skip downstream)
-with one line naming every failed gate; the aliases are untouched. Outputs: decision.json, report.md.
+with one line naming every failed gate; the aliases are untouched. Outputs: decision.json and the date's run
+report (components.run_report: report.md, trends.png, losses.png), also when the candidate is rejected.
 """
 from __future__ import annotations
 
@@ -31,14 +32,15 @@ def _name(ctx) -> str:
     return ctx.section.get("registered_model") or model_registry.DEFAULT_NAME
 
 
-def _online(ctx):
-    """online_validate(D) when that stage is registered and finished, else None."""
-    from components import registry
-
-    if ONLINE not in registry.BY_NAME:
-        return None
-    d = ctx.dir(ONLINE)
-    return d if d.is_done() else None
+def _blessing(ctx) -> dict | None:
+    """online_validate(D)'s blessing.json (an upstream of promote); None when that validation was switched off."""
+    try:
+        blessing = json.loads(ctx.upstream(ONLINE).read_bytes("blessing.json"))
+    except (FileNotFoundError, ValueError) as e:
+        raise BadInput(f"promote {ctx.date}: online_validate's blessing.json is unreadable ({e})") from None
+    if not isinstance(blessing, dict) or "blessed" not in blessing:
+        raise BadInput(f"promote {ctx.date}: online_validate's blessing.json has no 'blessed'")
+    return None if blessing.get("skipped") else blessing
 
 
 def external_inputs(ctx) -> dict:
@@ -48,34 +50,33 @@ def external_inputs(ctx) -> dict:
     champion = model_registry.resolve_alias(_name(ctx), model_registry.CHAMPION, ctx.config["mlflow"]["tracking_uri"])
     if champion is not None:
         inputs["champion"] = f"{champion.name}/{champion.version}"
-    online = _online(ctx)
-    if online is not None and ONLINE not in ctx.stage.upstream:
-        inputs[ONLINE] = online.digest()
     return inputs
 
 
-def _read_evaluation(ctx) -> dict:
+def read_evaluation(ctx, who: str = "promote") -> dict:
+    """evaluate(D)'s metrics.json: the candidate (`evaluated_model`) and its metrics next to the champion's."""
     ev = ctx.upstream("evaluate")
     try:
         data = json.loads(ev.read_bytes("metrics.json"))
     except (FileNotFoundError, ValueError) as e:
-        raise BadInput(f"promote {ctx.date}: evaluate's metrics.json is missing or not JSON ({e})") from None
+        raise BadInput(f"{who} {ctx.date}: evaluate's metrics.json is missing or not JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict) or "evaluated_model" not in data:
-        raise BadInput(f"promote {ctx.date}: evaluate's metrics.json lacks 'metrics' / 'evaluated_model'")
+        raise BadInput(f"{who} {ctx.date}: evaluate's metrics.json lacks 'metrics' / 'evaluated_model'")
     return data
 
 
-def _candidate_dirs(ctx, evaluated: str):
+def candidate_dirs(ctx, evaluated: str, who: str = "promote"):
+    """(model stage dir, tokenize dir of the model's own date) of the evaluated candidate."""
     parts = str(evaluated).split("/")
     if len(parts) != 3:
-        raise BadInput(f"promote {ctx.date}: evaluated_model {evaluated!r} is not <pipeline>/<date>/<stage>")
+        raise BadInput(f"{who} {ctx.date}: evaluated_model {evaluated!r} is not <pipeline>/<date>/<stage>")
     pipeline, date, stage = parts
     if pipeline != ctx.pipeline:
-        raise BadInput(f"promote {ctx.date}: evaluated model {evaluated} is from another pipeline")
+        raise BadInput(f"{who} {ctx.date}: evaluated model {evaluated} is from another pipeline")
     model_dir, tokenize_dir = ctx.dir(stage, date), ctx.dir("tokenize", date)
     for d in (model_dir, tokenize_dir):
         if not d.is_done():
-            raise BadInput(f"promote {ctx.date}: {d.prefix} has no _SUCCESS at {d.uri()}")
+            raise BadInput(f"{who} {ctx.date}: {d.prefix} has no _SUCCESS at {d.uri()}")
     return model_dir, tokenize_dir
 
 
@@ -110,6 +111,9 @@ def gates(evaluation: dict, blessing: dict | None, section: dict, champion_versi
                 check(new >= old - tol, f"{metric}={new:.4f} >= champion {old:.4f} - {tol}")
 
     if blessing is not None:
+        if "challenger_model" in blessing:
+            check(blessing["challenger_model"] == evaluation["evaluated_model"],
+                  f"online validation is of the candidate ({blessing['challenger_model']})")
         check(bool(blessing.get("blessed")), f"online validation blessed ({'; '.join(blessing.get('reasons') or []) or '-'})")
         arm = (blessing.get("arms") or {}).get("challenger") or {}
         slo = section.get("latency_p99_ms")
@@ -124,24 +128,28 @@ def gates(evaluation: dict, blessing: dict | None, section: dict, champion_versi
     return passed, failed
 
 
-def _report(ctx, evaluation, blessing, passed, failed, decision) -> str:
-    lines = [f"# OneRec promotion {ctx.pipeline} {ctx.date}", "",
-             f"- candidate: `{evaluation['evaluated_model']}`" + (" (same-day evaluation)" if evaluation.get("same_day") else ""),
-             f"- champion before: {decision.get('champion_before') or 'none'}",
-             f"- decision: **{decision['decision']}**" + (f" -> version {decision['version']}" if decision.get("version") else ""),
-             "", "## Gates", ""]
-    lines += [f"- [x] {g}" for g in passed] + [f"- [ ] {g}" for g in failed]
-    cm = ((evaluation.get("champion") or {}).get("metrics")) or {}
-    lines += ["", "## Offline metrics", "", "| metric | candidate | champion | delta |", "|---|---|---|---|"]
-    for k, v in sorted(evaluation["metrics"].items()):
-        if not isinstance(v, (int, float)):
-            continue
-        c = cm.get(k)
-        lines.append(f"| {k} | {float(v):.4f} | {'-' if c is None else f'{float(c):.4f}'} | "
-                     f"{'-' if c is None else f'{float(v) - float(c):+.4f}'} |")
-    if blessing is not None:
-        lines += ["", "## Online validation", "", "```json", json.dumps(blessing, indent=2, sort_keys=True), "```"]
-    return "\n".join(lines) + "\n"
+def _report(ctx, evaluation, blessing, passed, failed, decision) -> None:
+    """The run report of D (components.run_report) into the stage directory and MLflow, whatever the decision."""
+    import mlflow
+
+    from components import run_report
+
+    trend_rows = run_report.trends(ctx, int(ctx.section.get("report_days", 7)))
+    if not trend_rows or trend_rows[-1]["date"] != ctx.date:
+        trend_rows.append({"date": ctx.date, "model": evaluation["evaluated_model"]})
+    trend_rows[-1]["decision"] = decision["decision"]
+    curves = run_report.losses(ctx, evaluation["evaluated_model"])
+    text = run_report.markdown(ctx, evaluation, blessing, passed, failed, decision, trend_rows, curves,
+                               run_report.codebook(ctx, evaluation["evaluated_model"]), run_report.ab_text(ctx))
+    ctx.out.write_bytes("report.md", text.encode())
+    mlflow.log_text(text, "report/report.md")
+    for name, fig in run_report.figures(ctx, trend_rows, curves).items():
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        ctx.out.write_bytes(name, buf.getvalue())
+        mlflow.log_figure(fig, f"report/{name}")
 
 
 def run(ctx) -> dict:
@@ -150,15 +158,9 @@ def run(ctx) -> dict:
     from onerec import model_registry
 
     s, name, uri = ctx.section, _name(ctx), ctx.config["mlflow"]["tracking_uri"]
-    evaluation = _read_evaluation(ctx)
-    online = _online(ctx)
-    blessing = None
-    if online is not None:
-        try:
-            blessing = json.loads(online.read_bytes("blessing.json"))
-        except (FileNotFoundError, ValueError) as e:
-            raise BadInput(f"promote {ctx.date}: online_validate's blessing.json is unreadable ({e})") from None
-    model_dir, tokenize_dir = _candidate_dirs(ctx, evaluation["evaluated_model"])
+    evaluation = read_evaluation(ctx)
+    blessing = _blessing(ctx)
+    model_dir, tokenize_dir = candidate_dirs(ctx, evaluation["evaluated_model"])
     champion = model_registry.resolve_alias(name, model_registry.CHAMPION, uri)
     champion_version = None if champion is None else f"{champion.name}/{champion.version}"
 
@@ -177,8 +179,7 @@ def run(ctx) -> dict:
     if failed:
         decision["decision"] = "rejected"
         ctx.out.write_json("decision.json", decision)
-        report = _report(ctx, evaluation, blessing, passed, failed, decision)
-        mlflow.log_text(report, "promote/report.md")
+        _report(ctx, evaluation, blessing, passed, failed, decision)
         mlflow.set_tag("onerec.promote_decision", "rejected")
         raise GateFailed(f"promote {ctx.date}: {evaluation['evaluated_model']} not promoted; failed gates: "
                          + "; ".join(failed))
@@ -199,10 +200,8 @@ def run(ctx) -> dict:
                                               tags=model_registry.version_tags(model_dir, tokenize_dir, blessed=True))
         model_registry.promote(name, version, why=why, metrics=gated, tracking_uri=uri)
         decision.update(decision="promoted", version=version)
-    report = _report(ctx, evaluation, blessing, passed, failed, decision)
     ctx.out.write_json("decision.json", decision)
-    ctx.out.write_bytes("report.md", report.encode())
-    mlflow.log_text(report, "promote/report.md")
+    _report(ctx, evaluation, blessing, passed, failed, decision)
     mlflow.set_tag("onerec.promote_decision", decision["decision"])
     return {"blessed": True, "promoted": int(decision["decision"] == "promoted"), "gates_passed": len(passed),
             "version": decision["version"], "first_champion": int(champion is None)}

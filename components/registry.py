@@ -106,9 +106,18 @@ STAGES: tuple[Stage, ...] = (
         description="Recall/HR/NDCG@K via constrained beam search: yesterday's model on today, vs the champion",
     ),
     Stage(
+        name="online_validate",
+        entrypoint="components.online_validate:run",
+        upstream=("ingest", "features", "tokenize", "reward_model", "evaluate"),
+        config_keys=("online_validate",),
+        resources={"cpu": "4", "memory": "8Gi"},   # two model services + the replay client + the simulator
+        description="A/B replay of day D's requests over HTTP to challenger and champion; simulator feedback; blessing",
+        timeout_s=2 * 3600,
+    ),
+    Stage(
         name="promote",
         entrypoint="components.promote:run",
-        upstream=("evaluate",),
+        upstream=("evaluate", "online_validate"),
         config_keys=("promote",),
         retries=0,   # a gate decision does not change by retrying
         resources={"cpu": "1", "memory": "2Gi"},

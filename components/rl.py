@@ -109,7 +109,7 @@ def run(ctx) -> dict:
     last = {k: v[-1][1] for k, v in curves.items()}
     return {"final_loss": result["final_loss"], "steps": result["steps"], "train_samples": rows,
             "resumed_from_step": result["resumed_from"] or 0, "algorithm": rcfg.algorithm, "source": rcfg.source,
-            **{k: last[k] for k in ("grad_norm", "gen_loss", "filtered_share", "adv_mean", "n_feedback",
+            **{k: last[k] for k in ("grad_norm", "gen_loss", "filtered_share", "adv_mean", "n_feedback", "served_share",
                                     "n_rollout", "rl_loss_feedback", "rl_loss_rollout", "rl_loss_dpo") if k in last}}
 
 

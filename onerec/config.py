@@ -27,6 +27,7 @@ DEFAULTS: dict = {
         "path": None,                     # dataset folder for file-based sources
         "options": {},                    # passed to the adapter (e.g. n_users for synthetic)
         "dedupe": False,                  # drop repeated events (same user, item, ts, request_id) at ingest
+        "served_feedback": True,          # add online_validate(D-1)'s served impressions (source model, gen_prob)
     },
     "validate": {
         "drift_days": 7,                  # row-count drift is judged against this many previous days
@@ -166,6 +167,28 @@ DEFAULTS: dict = {
         "registered_model": "onerec",     # MLflow registered model name ...
         "champion_alias": "champion",     # ... and the alias of the current champion
     },
+    "online_validate": {                  # A/B replay over HTTP (components/online_validate.py, onerec/online.py)
+        "enabled": True,                  # false: a skipped blessing, promote applies offline gates only
+        "max_requests": 500,              # logged requests of D replayed (a stable hashed subset beyond this)
+        "challenger_share": 0.5,          # users (salted hash) sent to the challenger; the rest to the champion
+        "salt": "onerec-ab",              # change it to draw a new user split
+        "n": 10,                          # items per response
+        "slate": 6,                       # the exposed page: metrics and written-back impressions use the top 6
+        "beam_size": 64,
+        "warmup": 3,                      # uncounted requests per arm first (a fresh process is cold)
+        "timeout_s": 30.0,                # per request; a timeout counts as an error
+        "start_timeout_s": 120.0,         # a service not healthy by then fails the stage (retryable)
+        "confidence": 0.95,               # interval level of every mean and difference
+        "tolerance": 0.05,                # a guarded metric fails when its whole interval of challenger - champion
+                                          #   lies beyond 5% of the champion's mean in the worse direction
+        "guards": {"stay_time_s": "higher", "like": "higher", "follow": "higher", "comment": "higher",
+                   "forward": "higher", "dislike": "lower"},
+        "latency_p99_ms": 250.0,          # the challenger's p99 over HTTP
+        "max_error_rate": 0.0,
+        "write_back": True,               # the challenger's pages -> served_impressions (ingest(D+1) adds them)
+        "simulator_concentration": 4.0,   # simulated q ~ Beta(k * q_hat, k * (1 - q_hat)) around the prediction
+        "seed": 0,
+    },
     "promote": {                          # gates before `champion` moves (components/promote.py); exit 3 if any fails
         "registered_model": "onerec",     # MLflow registered model whose aliases move
         "tolerances": {                   # relative gates vs the champion (same users, evaluate(D)): fail when
@@ -178,6 +201,7 @@ DEFAULTS: dict = {
         "allow_same_day": True,           # promote a model scored on its own training day (only the very first day)
         "latency_p99_ms": 250.0,          # online gate (when online_validate ran): challenger p99 latency SLO; null = off
         "max_error_rate": 0.0,            # online gate: share of failed requests
+        "report_days": 7,                 # the run report's trend window
     },
 }
 

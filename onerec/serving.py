@@ -9,8 +9,9 @@ The model comes from the MLflow registry by alias (`champion` by default, onerec
 background thread re-resolves the alias every `poll_s` seconds, swapping in the new version when it moved
 (requests in flight finish on the old one). Every served item carries `gen_prob`, the probability that this
 policy serves it (onerec.decoding), so logged exposures can feed RL as pi_old.
-A `user_id` request reads the user's newest context row from a features `samples.parquet` (`contexts`): the
-context as of the user's newest logged impression. An explicit history feeds the short-term pathway and,
+A `user_id` request reads the user's context from a features `samples.parquet` (`contexts`): the newest row
+of that user, or with `as_of_ms` the newest row at or before that time (a samples row at ts holds the context
+built strictly before ts, so replaying a logged request at its own timestamp is leak-free). An explicit history feeds the short-term pathway and,
 for liked/followed/80%-watched events, the positive pathway; the lifelong pathway stays empty.
 Bad requests get 4xx with a clear message (422 malformed or out of bounds, 404 unknown user), never 5xx.
 
@@ -69,6 +70,7 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: int | None = Field(None, ge=0, le=INT64_MAX)
     history: list[Event] | None = None
+    as_of_ms: int | None = Field(None, ge=0, le=INT64_MAX, description="user_id only: the context as of this time")
     n: int | None = Field(None, ge=1)
     beam_size: int | None = Field(None, ge=1)
 
@@ -93,7 +95,7 @@ class Served:
     def __init__(self, cfg: ServeConfig, bundle: model_registry.Bundle | None = None):
         self.cfg, self.lock = cfg, threading.Lock()
         self.bundle = bundle or self._load()
-        self.contexts, self.row_of_user = _contexts(cfg.contexts)
+        self.contexts, self.rows_of_user, self.context_ts = _contexts(cfg.contexts)
 
     def _load(self) -> model_registry.Bundle:
         version = model_registry.resolve_alias(self.cfg.model_name, self.cfg.alias, self.cfg.tracking_uri)
@@ -117,16 +119,30 @@ class Served:
 
 
 def _contexts(path: str | None):
+    """(table sorted by user then ts, user -> (first row, end row), ts column) for `user_id` requests."""
     if not path:
-        return None, {}
+        return None, {}, np.zeros(0, np.int64)
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     users, ts = table["user_id"].to_numpy(), table["ts"].to_numpy()
     order = np.lexsort((ts, users))
-    last = order[np.r_[users[order][1:] != users[order][:-1], True]]   # newest row of every user
-    table = table.take(pa.array(last))
-    return table, {int(u): i for i, u in enumerate(table["user_id"].to_numpy())}
+    table, users, ts = table.take(pa.array(order)), users[order], ts[order]
+    starts = np.r_[0, np.nonzero(users[1:] != users[:-1])[0] + 1] if len(users) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(users)]
+    return table, {int(users[a]): (int(a), int(b)) for a, b in zip(starts, ends)}, ts
+
+
+def context_row(served: "Served", user_id: int, as_of_ms: int | None) -> int | None:
+    """Row of the user's newest context (at or before `as_of_ms` when given); None when there is none."""
+    span = served.rows_of_user.get(user_id)
+    if span is None:
+        return None
+    a, b = span
+    if as_of_ms is None:
+        return b - 1
+    i = a + int(np.searchsorted(served.context_ts[a:b], as_of_ms, side="right")) - 1
+    return i if i >= a else None
 
 
 def _history_row(events: list[Event]) -> pa.Table:
@@ -202,7 +218,7 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
         return {"model_name": cfg.model_name, "alias": cfg.alias, "model_version": served.version,
                 "codebook_digest": b.codebook.get("digest"), "levels": len(b.model.cfg.codebook_sizes),
                 "trie_depth": b.trie.depth, "catalog_items": int(len(b.trie.items)),
-                "known_users": len(served.row_of_user), "model_config": asdict(b.model.cfg),
+                "known_users": len(served.rows_of_user), "model_config": asdict(b.model.cfg),
                 "limits": {k: v for k, v in asdict(cfg).items() if k.startswith(("max_", "default_"))}}
 
     @app.post("/recommend", response_model=RecommendResponse)
@@ -216,10 +232,13 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
         if (req.user_id is None) == (req.history is None):
             raise HTTPException(422, "give exactly one of user_id or history")
         bundle = served.bundle        # one consistent model for the whole request, even during a swap
+        if req.as_of_ms is not None and req.user_id is None:
+            raise HTTPException(422, "as_of_ms applies to user_id requests only")
         if req.user_id is not None:
-            row = served.row_of_user.get(req.user_id)
+            row = context_row(served, req.user_id, req.as_of_ms)
             if row is None:
-                raise HTTPException(404, f"unknown user_id {req.user_id}: no context for this user; send a history")
+                when = "" if req.as_of_ms is None else f" at or before as_of_ms={req.as_of_ms}"
+                raise HTTPException(404, f"unknown user_id {req.user_id}: no context for this user{when}; send a history")
             table = served.contexts.slice(row, 1)
         else:
             if len(req.history) > cfg.max_history:

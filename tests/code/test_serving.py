@@ -108,6 +108,21 @@ def test_clear_4xx_messages(client):
     assert client.post("/recommend", content=b"{not json").status_code == 422
 
 
+def test_as_of_picks_the_newest_context_at_or_before_the_time(client, registry):
+    from onerec.serving import context_row
+
+    served = client.app.state.served
+    rows = {t: context_row(served, 1, t) for t in (0, 1, 2, 99, None)}
+    ts = served.contexts["ts"].to_numpy()
+    assert rows[0] is None and ts[rows[1]] == 1 and ts[rows[2]] == 2 and rows[99] == rows[None] == rows[2]
+    assert served.contexts["user_id"].to_numpy()[rows[1]] == 1
+    r = client.post("/recommend", json={"user_id": 1, "as_of_ms": 0})
+    assert r.status_code == 404 and "as_of_ms=0" in r.json()["detail"]
+    assert client.post("/recommend", json={"user_id": 1, "as_of_ms": 1, "n": 3}).status_code == 200
+    r = client.post("/recommend", json={"history": [{"item_id": 100}], "as_of_ms": 1})
+    assert r.status_code == 422 and "user_id requests only" in r.json()["detail"]
+
+
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                            max_leaves=12)
@@ -118,7 +133,7 @@ request = st.fixed_dictionaries({}, optional={
     "user_id": st.integers(-2, 2**64) | st.sampled_from([1, 2]) | json_values,
     "history": st.lists(event, max_size=6) | json_values,
     "n": st.integers(-1, 600) | json_values, "beam_size": st.integers(-1, 600) | json_values,
-    "junk": json_values})
+    "as_of_ms": st.integers(-1, 2**64) | json_values, "junk": json_values})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -34,12 +34,19 @@ def _metrics(recall: float, invalid: float = 0.0) -> dict:
     return {"recall_at_10": recall, "ndcg_at_10": recall / 2, "hr_at_10": recall, "users": 50, "invalid_rate": invalid}
 
 
-def _evaluate(store, date: str, model_date: str, metrics: dict, champion: tuple[str, dict] | None) -> None:
+def _evaluate(store, date: str, model_date: str, metrics: dict, champion: tuple[str, dict] | None,
+              blessed: bool | None = None) -> None:
+    """evaluate(D) and online_validate(D) as those stages leave them; blessed=None: online validation switched off."""
     from onerec.store import StageDir
 
     _finish(StageDir(store, "daily", date, "evaluate"), {"metrics.json": {
         "evaluated_model": f"daily/{model_date}/pretrain", "same_day": False, "trie_from": date, "metrics": metrics,
         "champion": None if champion is None else {"version": champion[0], "metrics": champion[1]}}})
+    arm = {"latency_p99_ms": 40.0, "error_rate": 0.0, "invalid_rate": 0.0, "metrics": {}}
+    blessing = {"blessed": True, "skipped": True, "reasons": []} if blessed is None else {
+        "blessed": blessed, "reasons": ["ok: ..." if blessed else "FAIL: stay_time_s: challenger - champion -9"],
+        "challenger_model": f"daily/{model_date}/pretrain", "arms": {"challenger": arm}}
+    _finish(StageDir(store, "daily", date, "online_validate"), {"blessing.json": blessing})
 
 
 @pytest.fixture
@@ -108,8 +115,14 @@ def test_promotion_gates_aliases_and_rollback(world, capsys):
     _evaluate(store, "2026-01-03", "2026-01-02", _metrics(0.40, invalid=0.01), (f"{NAME}/{first}", _metrics(0.30)))
     assert _promote("2026-01-03") == 3 and _alias("champion", uri) == first
 
-    # a better challenger -> champion moves, the old one becomes previous, both changes recorded as tags
-    _evaluate(store, "2026-01-03", "2026-01-02", _metrics(0.35), (f"{NAME}/{first}", _metrics(0.30)))
+    # better offline, but the online A/B did not bless it -> exit 3 naming the online gate
+    capsys.readouterr()
+    _evaluate(store, "2026-01-03", "2026-01-02", _metrics(0.35), (f"{NAME}/{first}", _metrics(0.30)), blessed=False)
+    assert _promote("2026-01-03") == 3 and _alias("champion", uri) == first
+    assert "online validation blessed (FAIL: stay_time_s" in capsys.readouterr().err
+
+    # a better challenger, blessed online -> champion moves, the old one becomes previous, both recorded as tags
+    _evaluate(store, "2026-01-03", "2026-01-02", _metrics(0.35), (f"{NAME}/{first}", _metrics(0.30)), blessed=True)
     assert _promote("2026-01-03") == 0
     second = _alias("champion", uri)
     assert second != first and _alias("previous", uri) == first
@@ -117,6 +130,9 @@ def test_promotion_gates_aliases_and_rollback(world, capsys):
     assert _events(first, uri)[-1]["alias"] == "previous"
     report = StageDir(store, "daily", "2026-01-03", "promote").read_bytes("report.md").decode()
     assert "promoted" in report and "| recall_at_10 | 0.3500 | 0.3000 | +0.0500 |" in report
+    # the run report's trends hold every evaluated date up to D with its decision
+    assert "| 2026-01-02 | `daily/2026-01-01/pretrain` | 0.3000 |" in report and "| promoted |" in report
+    assert StageDir(store, "daily", "2026-01-03", "promote").read_bytes("trends.png")[:4] == b"\x89PNG"
 
     # rollback: previous -> champion, the rolled-back version kept as challenger, recorded as tags
     assert main(["model", "rollback", "--name", NAME, "--reason", "bad online metrics"]) == 0
@@ -133,6 +149,7 @@ def test_bad_evaluation_is_bad_input(world):
 
     _, store, uri = world
     _finish(StageDir(store, "daily", "2026-01-02", "evaluate"), {"metrics.json": {"nothing": 1}})
+    _finish(StageDir(store, "daily", "2026-01-02", "online_validate"), {"blessing.json": {"blessed": True, "skipped": True}})
     assert _promote("2026-01-02") == 2 and _alias("champion", uri) is None
 
 
@@ -148,3 +165,8 @@ def test_gates_function():
     blessing = {"blessed": True, "arms": {"challenger": {"latency_p99_ms": 150, "error_rate": 0.0, "invalid_rate": 0.0}}}
     failed = gates(ev, blessing, section, "onerec/1")[1]
     assert failed == ["online latency_p99_ms=150 <= 100"]
+    # a blessing of another model than the candidate does not count
+    ev["evaluated_model"] = "daily/2026-01-02/rl"
+    other = {**blessing, "challenger_model": "daily/2026-01-01/rl", "arms": {"challenger": {**blessing["arms"]["challenger"],
+                                                                                          "latency_p99_ms": 50}}}
+    assert gates(ev, other, section, "onerec/1")[1] == ["online validation is of the candidate (daily/2026-01-01/rl)"]

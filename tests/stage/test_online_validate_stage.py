@@ -1,0 +1,102 @@
+"""online_validate through the real CLI on the shared debug pipeline: real services over HTTP, the blessing, the
+served impressions, and no server left behind when the stage fails or is killed."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+
+from support import DEBUG_CONFIG, run_cli
+
+DAY = "2026-01-02"
+
+
+def _servers_under(marker: str) -> list[int]:
+    """pids of live onerec.serving processes whose command line names `marker` (the stage's temp dir)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (p / "stat").read_text().split()[2]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if "onerec.serving" in cmd and marker in cmd and state != "Z":
+            pids.append(int(p.name))
+    return pids
+
+
+def _gone(marker: str, wait_s: float = 15.0) -> bool:
+    deadline = time.time() + wait_s
+    while _servers_under(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    return not _servers_under(marker)
+
+
+def test_online_validate_serves_blesses_writes_back_and_never_leaves_a_server(pipeline_home, tmp_path):
+    from onerec import online
+    from onerec.config import load_config, resolved
+    from onerec.samples import SidTable
+    from onerec.schemas import DAY_MS, day_start_ms
+    from onerec.store import StageDir, open_store
+
+    env = {"ONEREC_HOME": str(pipeline_home)}
+    for stage in ("reward_model", "evaluate"):
+        run_cli("run", stage, "--date", DAY, "--config", DEBUG_CONFIG, env=env, check=True)
+
+    # a failure while both services are up, then a kill -9 of the stage itself: no server survives either
+    for action, code in (("raise", 1), ("kill", -9)):
+        tmp = tmp_path / action
+        tmp.mkdir()
+        proc = run_cli("run", "online_validate", "--date", DAY, "--config", DEBUG_CONFIG,
+                       env={**env, "TMPDIR": str(tmp), "ONEREC_FAULT": f"online_validate:replay:{action}"})
+        assert proc.returncode == code, proc.stderr[-2000:]
+        assert _gone(str(tmp)), f"{action}: services still running: {_servers_under(str(tmp))}"
+    cfg = resolved(load_config(str(DEBUG_CONFIG), []))
+    store = open_store(str(pipeline_home / "artifacts"))
+    out = StageDir(store, "daily", DAY, "online_validate")
+    assert not out.is_done()
+
+    tmp = tmp_path / "ok"
+    tmp.mkdir()
+    proc = run_cli("run", "online_validate", "--date", DAY, "--config", DEBUG_CONFIG, env={**env, "TMPDIR": str(tmp)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _gone(str(tmp), wait_s=0.5)
+    assert out.is_done()
+    blessing = json.loads(out.read_bytes("blessing.json"))
+    evaluation = json.loads(StageDir(store, "daily", DAY, "evaluate").read_bytes("metrics.json"))
+    assert blessing["challenger_model"] == evaluation["evaluated_model"] == "daily/2026-01-01/pretrain"
+    assert blessing["champion_version"] is None and set(blessing["arms"]) == {"challenger"}   # no champion yet
+    ch = blessing["arms"]["challenger"]
+    assert blessing["blessed"] is True and ch["error_rate"] == 0 and ch["invalid_rate"] == 0
+    assert 0 < ch["served"] == ch["requests"] < blessing["requests"] <= cfg["online_validate"]["max_requests"] == 100
+    assert 0 < ch["latency_p50_ms"] <= ch["latency_p99_ms"]
+    for m in ("stay_time_s", "like", "dislike", "logged_hits"):
+        s = ch["metrics"][m]
+        assert s["lo"] <= s["mean"] <= s["hi"] and s["n"] == ch["served"]
+    assert "no champion: absolute checks only" in blessing["reasons"]
+    assert out.read_bytes("ab.png")[:4] == b"\x89PNG" and "| latency_p99_ms |" in out.read_bytes("ab.md").decode()
+
+    # the challenger's pages as impressions of D+1: source model, gen_prob set, only challenger-arm users
+    served = out.read_table("served_impressions")
+    assert 0 < served.num_rows <= ch["served"] * cfg["online_validate"]["slate"]
+    assert set(served["source"].to_pylist()) == {"model"}
+    gen = served["gen_prob"].to_numpy()
+    assert np.all((gen > 0) & (gen <= 1))
+    ts = served["ts"].to_numpy()
+    start = day_start_ms(DAY) + DAY_MS
+    assert ts.min() >= start and ts.max() < start + DAY_MS
+    users = served["user_id"].to_numpy()
+    assert online.split(users, cfg["online_validate"]["salt"], cfg["online_validate"]["challenger_share"]).all()
+    sids = SidTable.from_table(StageDir(store, "daily", "2026-01-01", "tokenize").read_table("sids"))
+    assert (sids.lookup(served["item_id"].to_numpy())[:, 0] >= 0).all()     # only the challenger's own catalog
+    assert pc.max(pc.value_counts(served["request_id"]).field("counts")).as_py() <= cfg["online_validate"]["slate"]
+
+    again = run_cli("run", "online_validate", "--date", DAY, "--config", DEBUG_CONFIG, env=env, check=True)
+    assert "up to date" in again.stdout + again.stderr
+    assert os.environ.get("ONEREC_FAULT", "") == ""
