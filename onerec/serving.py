@@ -54,6 +54,9 @@ class ServeConfig:
     max_history: int = 1000                          # events in an explicit history
     poll_s: float = 30.0                             # alias re-resolution period; 0 = never reload
     bundle: str | None = None                        # serve a local bundle folder instead (benchmarks, debugging)
+    torch_threads: int = 1                           # intra-op threads of the inference thread: a request is
+                                                     # ~100 small matmuls, where a second thread costs more in
+                                                     # synchronisation than it saves (benchmarks/serving.py)
 
 
 class Event(BaseModel):
@@ -169,6 +172,8 @@ def _history_row(events: list[Event]) -> pa.Table:
 
 def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | None = None) -> FastAPI:
     """The app; `bundle` serves a local model (benchmarks, tests) instead of resolving the registry alias."""
+    import asyncio
+    import concurrent.futures
     import contextlib
 
     import torch
@@ -196,6 +201,7 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
             thread.start()
         yield
         stop.set()
+        infer.shutdown(wait=False)
 
     app = FastAPI(title="OneRec recommendation service", lifespan=lifespan)
     app.state.served = served
@@ -221,8 +227,20 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
                 "known_users": len(served.rows_of_user), "model_config": asdict(b.model.cfg),
                 "limits": {k: v for k, v in asdict(cfg).items() if k.startswith(("max_", "default_"))}}
 
+    # Every request's torch work runs on this one thread. A sync endpoint would run on anyio's pool of worker
+    # threads, and each thread that calls torch gets its own OpenMP team: on a 2-core box the teams fight for
+    # the cores and a 12 ms request takes 25-30. One thread, one team of `torch_threads`; the event loop stays
+    # free for /healthz and request parsing while a request computes.
+    infer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="onerec-infer",
+                                                  initializer=torch.set_num_threads, initargs=(cfg.torch_threads,))
+
+    def run_model(bundle, table, n: int, beam: int):
+        with torch.inference_mode():
+            batch = collate(table, bundle.model.cfg, bundle.sids)
+            return decoding.recommend(bundle.model, batch, bundle.trie, n, beam)[0]
+
     @app.post("/recommend", response_model=RecommendResponse)
-    def recommend(req: RecommendRequest):
+    async def recommend(req: RecommendRequest):
         started = time.perf_counter()
         n, beam = req.n or cfg.default_n, req.beam_size or cfg.default_beam
         if n > cfg.max_n:
@@ -248,9 +266,7 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
             if len(unknown):
                 raise HTTPException(422, f"unknown item_id(s) in history: {sorted(set(unknown.tolist()))[:10]}")
             table = _history_row(req.history)
-        with torch.inference_mode():
-            batch = collate(table, bundle.model.cfg, bundle.sids)
-            recs = decoding.recommend(bundle.model, batch, bundle.trie, n, max(beam, n))[0]
+        recs = await asyncio.get_running_loop().run_in_executor(infer, run_model, bundle, table, n, max(beam, n))
         return RecommendResponse(
             request_id=uuid.uuid4().hex, model_version=f"{cfg.model_name}/{bundle.version}",
             items=[Item(item_id=r.item_id, score=r.logp, gen_prob=r.gen_prob, sid=list(r.sid)) for r in recs],
