@@ -60,6 +60,17 @@ class StageContext:
             raise BadInput(f"{stage} for {self.date} has no _SUCCESS at {d.uri()}; run it first")
         return d
 
+    def save_figure(self, name: str, fig, folder: str = "") -> None:
+        """A matplotlib figure as `name` (PNG) in this stage's outputs and in its MLflow run."""
+        import io
+
+        import mlflow
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        self.out.write_bytes(name, buf.getvalue())
+        mlflow.log_figure(fig, f"{folder or self.stage.name}/{name}")
+
     @property
     def section(self) -> dict:
         """This stage's own config section (e.g. config['validate'])."""

@@ -150,9 +150,7 @@ def run(ctx) -> dict:
                                                  name=f"served_impressions/{ctx.date}"), context="online_validate")
     fig = ab_figure(blessing, {arm: [sv.latency_ms for sv in served if sv.arm == arm and sv.status == 200]
                                for arm in arms})
-    buf = _png(fig)
-    ctx.out.write_bytes("ab.png", buf)
-    mlflow.log_figure(fig, "online_validate/ab.png")
+    ctx.save_figure("ab.png", fig)
     mlflow.log_dict(blessing, "online_validate/blessing.json")
     mlflow.log_text(markdown, "online_validate/ab.md")
     mlflow.set_tag("onerec.blessed", str(bool(blessed)).lower())
@@ -186,22 +184,6 @@ def _pages(served, tables, slate: int) -> list[dict]:
     return pages
 
 
-def context_rows(samples, user_id, ts):
-    """Row of `samples` holding each request's context: the user's newest row at or before the request time
-    (the service's `as_of_ms` rule), -1 where there is none."""
-    import numpy as np
-
-    users, when = samples["user_id"].to_numpy(), samples["ts"].to_numpy()
-    order = np.lexsort((when, users))
-    key_u, key_t = users[order], when[order]
-    rows = np.full(len(user_id), -1, np.int64)
-    for r, (u, t) in enumerate(zip(user_id, ts)):
-        a, b = np.searchsorted(key_u, u, "left"), np.searchsorted(key_u, u, "right")
-        i = a + int(np.searchsorted(key_t[a:b], t, "right")) - 1
-        rows[r] = order[i] if i >= a else -1
-    return rows
-
-
 def _play_time_map(ctx, impressions):
     from onerec import online
 
@@ -221,6 +203,7 @@ def _simulate(ctx, reqs, pages, samples, play_map) -> tuple[dict, dict]:
     from components.reward_model import load as load_rm
     from onerec.reward_model import TASKS, rm_batch
     from onerec.samples import SidTable
+    from onerec.serving import Contexts
 
     rm, _ = load_rm(ctx.upstream("reward_model"))
     sids = SidTable.from_table(ctx.upstream("tokenize").read_table("sids"))
@@ -228,7 +211,8 @@ def _simulate(ctx, reqs, pages, samples, play_map) -> tuple[dict, dict]:
     dur_of = dict(zip(items["item_id"].to_numpy().tolist(), items["duration_ms"].to_numpy().tolist()))
     page_of = np.repeat(np.arange(len(pages)), [len(p["items"]) for p in pages]).astype(np.int64)
     item = np.concatenate([p["items"] for p in pages] + [np.zeros(0, np.int64)])
-    rows = context_rows(samples, reqs.user_id, reqs.ts)[np.array([p["request"] for p in pages], np.int64)][page_of] \
+    contexts = Contexts(samples)     # the service's own lookup: the context as of each request's time
+    rows = contexts.rows(reqs.user_id, reqs.ts)[np.array([p["request"] for p in pages], np.int64)][page_of] \
         if len(page_of) else page_of
     probs = np.full((len(item), len(TASKS)), np.nan)
     rm.eval()
@@ -237,7 +221,7 @@ def _simulate(ctx, reqs, pages, samples, play_map) -> tuple[dict, dict]:
             sel = np.arange(a, min(a + 512, len(item)))
             sel = sel[rows[sel] >= 0]
             if len(sel):
-                b = rm_batch(samples.take(pa.array(rows[sel])), rm.context_cfg, sids, items=item[sel],
+                b = rm_batch(contexts.table.take(pa.array(rows[sel])), rm.context_cfg, sids, items=item[sel],
                              with_labels=False)
                 probs[sel] = torch.sigmoid(rm(b)).float().numpy()
     probs = np.nan_to_num(probs, nan=0.0)
@@ -354,9 +338,3 @@ def ab_figure(blessing: dict, latencies: dict):
     return fig
 
 
-def _png(fig) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()

@@ -144,12 +144,7 @@ def _report(ctx, evaluation, blessing, passed, failed, decision) -> None:
     ctx.out.write_bytes("report.md", text.encode())
     mlflow.log_text(text, "report/report.md")
     for name, fig in run_report.figures(ctx, trend_rows, curves).items():
-        import io
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        ctx.out.write_bytes(name, buf.getvalue())
-        mlflow.log_figure(fig, f"report/{name}")
+        ctx.save_figure(name, fig, folder="report")
 
 
 def run(ctx) -> dict:

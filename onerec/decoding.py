@@ -109,12 +109,14 @@ class _IncrementalLazy:
         self.B, self.width = requests, 1
         self.device = model.target.bos.device                # beams run where the model is (CPU or GPU)
         self.slots = torch.arange(requests, device=self.device)   # row -> slot in the (B, width) beam grid
+        self.dense = True                                    # every slot is live: rows == slots, no scatter
 
     def advance(self, parent: np.ndarray, tokens: np.ndarray, slots: np.ndarray, width: int) -> None:
         index = torch.as_tensor(parent, device=self.device)
         self.cache = [(k[index], v[index]) for k, v in self.cache]
         self.level, self.tokens = self.level + 1, torch.as_tensor(tokens, device=self.device)
         self.slots, self.width = torch.as_tensor(slots, device=self.device), width
+        self.dense = len(slots) == self.B * width            # slots are ascending and unique
 
     def logp(self) -> torch.Tensor:
         m, cfg, j = self.model, self.cfg, self.level
@@ -122,12 +124,13 @@ class _IncrementalLazy:
         rows = len(self.slots)
         h = (emb + m.target.pos[j]).expand(rows, -1)[:, None]          # (N, 1, d_model): the newest position
         H, dh, D = cfg.n_heads, cfg.d_head, cfg.d_model
-        grid = torch.zeros(self.B * self.width, D, dtype=h.dtype, device=self.device)
+        grid = None if self.dense else torch.zeros(self.B * self.width, D, dtype=h.dtype, device=self.device)
         for layer, block in enumerate(m.blocks):
             k, v = self.state["kv"][layer * cfg.kv_layers // cfg.n_layers]
-            grid = grid.index_copy(0, self.slots, block.norm_cross(h)[:, 0])
-            cross = block.cross(grid.view(self.B, self.width, D), k, v, self.state["mask"])
-            h = h + cross.reshape(-1, D)[self.slots][:, None]
+            x = block.norm_cross(h)[:, 0]
+            grid = x if self.dense else grid.index_copy(0, self.slots, x)
+            cross = block.cross(grid.view(self.B, self.width, D), k, v, self.state["mask"]).reshape(-1, D)
+            h = h + (cross if self.dense else cross[self.slots])[:, None]
             q, sk, sv = block.self_attn.qkv(block.norm_self(h)).view(rows, 1, 3, H, dh).permute(2, 0, 3, 1, 4)
             if self.cache[layer] is not None:
                 sk, sv = torch.cat([self.cache[layer][0], sk], 2), torch.cat([self.cache[layer][1], sv], 2)

@@ -163,7 +163,7 @@ def requests_of_day(impressions: pa.Table, max_requests: int, salt: str) -> Requ
 # replay
 
 @dataclass
-class Served:
+class Reply:
     """One replayed request's outcome."""
     index: int                       # into Requests
     arm: str
@@ -175,7 +175,7 @@ class Served:
 
 
 def replay(reqs: Requests, arm_of: np.ndarray, urls: dict[str, str], *, n: int, beam_size: int,
-           timeout_s: float = 30.0, warmup: int = 3, progress: bool = True) -> list[Served]:
+           timeout_s: float = 30.0, warmup: int = 3, progress: bool = True) -> list[Reply]:
     """Send each request (in time order) to its arm's service; `warmup` uncounted requests per arm first
     (thread pools and allocator caches are cold in a fresh process)."""
     import httpx
@@ -184,7 +184,7 @@ def replay(reqs: Requests, arm_of: np.ndarray, urls: dict[str, str], *, n: int, 
     def body(i):
         return {"user_id": int(reqs.user_id[i]), "as_of_ms": int(reqs.ts[i]), "n": n, "beam_size": beam_size}
 
-    out: list[Served] = []
+    out: list[Reply] = []
     with httpx.Client(timeout=timeout_s) as client:
         for arm, url in urls.items():
             mine = np.nonzero(arm_of == arm)[0][:warmup]
@@ -204,7 +204,7 @@ def replay(reqs: Requests, arm_of: np.ndarray, urls: dict[str, str], *, n: int, 
             except (httpx.HTTPError, ValueError):
                 status, data = 0, {}
             ms = (time.perf_counter() - t0) * 1000
-            out.append(Served(i, arm, status, ms, data.get("items") or [], data.get("request_id", ""),
+            out.append(Reply(i, arm, status, ms, data.get("items") or [], data.get("request_id", ""),
                               data.get("model_version", "")))
     return out
 
@@ -266,7 +266,7 @@ def diff_ci(a, b, confidence: float = 0.95) -> dict:
     return {"diff": d, "lo": d - half, "hi": d + half}
 
 
-def arm_summary(served: list[Served], per_request: dict[str, np.ndarray], invalid: np.ndarray,
+def arm_summary(served: list[Reply], per_request: dict[str, np.ndarray], invalid: np.ndarray,
                 confidence: float = 0.95) -> dict:
     """Latency, error and invalid rates, and each per-request metric with its interval, for one arm."""
     lat = np.array([s.latency_ms for s in served], np.float64)

@@ -98,7 +98,7 @@ class Served:
     def __init__(self, cfg: ServeConfig, bundle: model_registry.Bundle | None = None):
         self.cfg, self.lock = cfg, threading.Lock()
         self.bundle = bundle or self._load()
-        self.contexts, self.rows_of_user, self.context_ts = _contexts(cfg.contexts)
+        self.contexts = Contexts.read(cfg.contexts)
 
     def _load(self) -> model_registry.Bundle:
         version = model_registry.resolve_alias(self.cfg.model_name, self.cfg.alias, self.cfg.tracking_uri)
@@ -121,31 +121,42 @@ class Served:
         return f"{self.cfg.model_name}/{self.bundle.version}"
 
 
-def _contexts(path: str | None):
-    """(table sorted by user then ts, user -> (first row, end row), ts column) for `user_id` requests."""
-    if not path:
-        return None, {}, np.zeros(0, np.int64)
-    import pyarrow.parquet as pq
+class Contexts:
+    """A features `samples` table indexed for context lookups, rows sorted by (user, ts). A samples row at ts
+    holds the context built strictly before ts, so the row for a request at time t is the user's newest row at
+    or before t (leak-free replay); without a time, the user's newest row."""
 
-    table = pq.read_table(path)
-    users, ts = table["user_id"].to_numpy(), table["ts"].to_numpy()
-    order = np.lexsort((ts, users))
-    table, users, ts = table.take(pa.array(order)), users[order], ts[order]
-    starts = np.r_[0, np.nonzero(users[1:] != users[:-1])[0] + 1] if len(users) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(users)]
-    return table, {int(users[a]): (int(a), int(b)) for a, b in zip(starts, ends)}, ts
+    def __init__(self, table: pa.Table | None = None):
+        if table is None:
+            table = pa.table({"user_id": pa.array([], pa.int64()), "ts": pa.array([], pa.int64())})
+        users, ts = table["user_id"].to_numpy(), table["ts"].to_numpy()
+        order = np.lexsort((ts, users))
+        self.table, self.users, self.ts = table.take(pa.array(order)), users[order], ts[order]
+        starts = np.r_[0, np.nonzero(self.users[1:] != self.users[:-1])[0] + 1] if len(users) else np.zeros(0, np.int64)
+        ends = np.r_[starts[1:], len(users)]
+        self.span = {int(self.users[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
 
+    @classmethod
+    def read(cls, path: str | None) -> "Contexts":
+        import pyarrow.parquet as pq
 
-def context_row(served: "Served", user_id: int, as_of_ms: int | None) -> int | None:
-    """Row of the user's newest context (at or before `as_of_ms` when given); None when there is none."""
-    span = served.rows_of_user.get(user_id)
-    if span is None:
-        return None
-    a, b = span
-    if as_of_ms is None:
-        return b - 1
-    i = a + int(np.searchsorted(served.context_ts[a:b], as_of_ms, side="right")) - 1
-    return i if i >= a else None
+        return cls(pq.read_table(path) if path else None)
+
+    def row(self, user_id: int, as_of_ms: int | None = None) -> int | None:
+        """Row of `table` with the user's context (newest at or before `as_of_ms`); None when there is none."""
+        span = self.span.get(user_id)
+        if span is None:
+            return None
+        a, b = span
+        if as_of_ms is None:
+            return b - 1
+        i = a + int(np.searchsorted(self.ts[a:b], as_of_ms, side="right")) - 1
+        return i if i >= a else None
+
+    def rows(self, user_ids, as_of_ms) -> np.ndarray:
+        """`row` for many requests at once; -1 where there is none."""
+        found = (self.row(int(u), int(t)) for u, t in zip(user_ids, as_of_ms))
+        return np.fromiter((-1 if r is None else r for r in found), np.int64, count=len(user_ids))
 
 
 def _history_row(events: list[Event]) -> pa.Table:
@@ -224,7 +235,7 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
         return {"model_name": cfg.model_name, "alias": cfg.alias, "model_version": served.version,
                 "codebook_digest": b.codebook.get("digest"), "levels": len(b.model.cfg.codebook_sizes),
                 "trie_depth": b.trie.depth, "catalog_items": int(len(b.trie.items)),
-                "known_users": len(served.rows_of_user), "model_config": asdict(b.model.cfg),
+                "known_users": len(served.contexts.span), "model_config": asdict(b.model.cfg),
                 "limits": {k: v for k, v in asdict(cfg).items() if k.startswith(("max_", "default_"))}}
 
     # Every request's torch work runs on this one thread. A sync endpoint would run on anyio's pool of worker
@@ -253,11 +264,11 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
         if req.as_of_ms is not None and req.user_id is None:
             raise HTTPException(422, "as_of_ms applies to user_id requests only")
         if req.user_id is not None:
-            row = context_row(served, req.user_id, req.as_of_ms)
+            row = served.contexts.row(req.user_id, req.as_of_ms)
             if row is None:
                 when = "" if req.as_of_ms is None else f" at or before as_of_ms={req.as_of_ms}"
                 raise HTTPException(404, f"unknown user_id {req.user_id}: no context for this user{when}; send a history")
-            table = served.contexts.slice(row, 1)
+            table = served.contexts.table.slice(row, 1)
         else:
             if len(req.history) > cfg.max_history:
                 raise HTTPException(422, f"history has {len(req.history)} events; the limit is {cfg.max_history}")

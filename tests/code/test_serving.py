@@ -109,13 +109,12 @@ def test_clear_4xx_messages(client):
 
 
 def test_as_of_picks_the_newest_context_at_or_before_the_time(client, registry):
-    from onerec.serving import context_row
-
-    served = client.app.state.served
-    rows = {t: context_row(served, 1, t) for t in (0, 1, 2, 99, None)}
-    ts = served.contexts["ts"].to_numpy()
+    contexts = client.app.state.served.contexts
+    rows = {t: contexts.row(1, t) for t in (0, 1, 2, 99, None)}
+    ts = contexts.table["ts"].to_numpy()
     assert rows[0] is None and ts[rows[1]] == 1 and ts[rows[2]] == 2 and rows[99] == rows[None] == rows[2]
-    assert served.contexts["user_id"].to_numpy()[rows[1]] == 1
+    assert contexts.table["user_id"].to_numpy()[rows[1]] == 1
+    assert contexts.rows([1, 1, 1, 999], [0, 1, 99, 5]).tolist() == [-1, rows[1], rows[2], -1]
     r = client.post("/recommend", json={"user_id": 1, "as_of_ms": 0})
     assert r.status_code == 404 and "as_of_ms=0" in r.json()["detail"]
     assert client.post("/recommend", json={"user_id": 1, "as_of_ms": 1, "n": 3}).status_code == 200

@@ -131,7 +131,8 @@ D1, D2 = "2026-03-01", "2026-03-02"
 T1, T2 = day_start_ms(D1), day_start_ms(D2)
 
 
-def _imps(rows) -> pa.Table:
+def _imps(rows, served: dict | None = None) -> pa.Table:
+    """Impressions from tuples; `served` maps (user, ts) to the gen_prob of an impression our model served."""
     cols = ["user_id", "item_id", "ts", "play_time_ms", "duration_ms", "like", "follow", "forward", "dislike"]
     df = pd.DataFrame(rows, columns=cols)
     df["request_id"] = [f"r{u}-{t}" for u, t in zip(df["user_id"], df["ts"])]
@@ -139,6 +140,9 @@ def _imps(rows) -> pa.Table:
         df[c] = 0
     df["click"] = (df["play_time_ms"].fillna(0) > 0).astype(int)
     df["source"], df["gen_prob"] = "legacy", np.nan
+    for (user, ts), prob in (served or {}).items():
+        at = (df["user_id"] == user) & (df["ts"] == ts)
+        df.loc[at, "source"], df.loc[at, "gen_prob"] = "model", prob
     df["play_time_ms"] = df["play_time_ms"].astype("Int64")
     df["duration_ms"] = df["duration_ms"].astype("Int64")
     return conform(df.sort_values(["ts", "user_id", "item_id"]).reset_index(drop=True), "impressions")
@@ -172,7 +176,7 @@ EDGE_DAY2 = _imps([
     (3, 13, T2 + 500, 4000, 10000, 0, 0, 0, 0),
     (4, 14, T2 + 1000, 500, 0, 0, 0, 0, 0),         # zero-duration bucket: [0, 500, 500] -> q = 1
     (4, 15, T2 + 1000, 0, 0, 0, 0, 0, 0),           # -> q = 1/3
-])
+], served={(3, T2 + 500): 0.125})                   # user 3's impression came from our model (online_validate)
 
 
 def _edge_items():
@@ -230,6 +234,10 @@ def test_edge_cases_match_the_reference(spark, tmp_path):
     assert sorted(reps.values()) == [2, 4] and {i // 4 for i in reps} == {2, 4}  # one of 10-13, one of 17-18
     # user 3's same-ms pair is history for day 2 in full
     assert s[3, 13]["short_item_id"] == [10, 11, 12]
+    # a served impression keeps its source and gen_prob (pi_old for RL); logged ones have none
+    assert (s[3, 13]["source"], s[3, 13]["gen_prob"]) == ("model", 0.125)
+    logged = s[1, 10]["gen_prob"]
+    assert s[1, 10]["source"] == "legacy" and (logged is None or np.isnan(logged))
     stats = {r["item_id"]: r for r in got2["item_stats"].to_pylist()}
     assert stats[99]["is_new"] and stats[99]["exposures"] == 1 and not stats[10]["is_new"]
     assert stats[16]["exposures"] == 0 and stats[16]["completion_rate"] is None

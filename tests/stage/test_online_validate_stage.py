@@ -98,3 +98,13 @@ def test_online_validate_serves_blesses_writes_back_and_never_leaves_a_server(pi
 
     again = run_cli("run", "online_validate", "--date", DAY, "--config", DEBUG_CONFIG, env=env, check=True)
     assert "up to date" in again.stdout + again.stderr
+
+    # the loop closes: D+1's ingest carries exactly those impressions next to the logged ones (that features
+    # keeps their source and gen_prob is tested in tests/data/test_features_reference.py)
+    nxt = "2026-01-03"
+    run_cli("run", "ingest", "--date", nxt, "--config", DEBUG_CONFIG, env=env, check=True)
+    key = ["user_id", "item_id", "ts", "request_id", "gen_prob"]
+    imps = StageDir(store, "daily", nxt, "ingest").read_table("impressions")
+    from_model = imps.filter(pc.equal(imps["source"], "model"))
+    assert sorted(zip(*(from_model[k].to_pylist() for k in key))) == sorted(zip(*(served[k].to_pylist() for k in key)))
+    assert imps.num_rows > from_model.num_rows
