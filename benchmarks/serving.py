@@ -1,14 +1,16 @@
 """Serving latency and throughput over HTTP: trie-constrained beam search behind the real FastAPI/uvicorn service.
 
-    .venv/bin/python benchmarks/serving.py [--presets debug,small] [--beams 32,128,512] [--requests 100]
+    .venv/bin/python benchmarks/serving.py [--presets debug,small] [--beams 32,128,512] [--requests 100] [--torch-threads 1]
 
 For each preset, a model with random weights (latency does not depend on the weights) and a synthetic trie of
 8192 items over a 256 x 256 x 256 codebook are written as a bundle and served by `python -m onerec.serving
---bundle` in its own process (2 torch threads). The client posts an explicit 50-event history:
+--bundle` in its own process (OMP_NUM_THREADS=2; the inference thread uses `--torch-threads`, the service's
+`torch_threads`). The client posts an explicit 50-event history:
   latency      sequential requests, p50/p99 of the client-side round trip;
   throughput   requests/s with `--concurrency` client threads;
   FLOP/s       FLOPs of one request (torch.utils.flop_counter over the same recommend call in-process)
-               / p50 latency, against a measured float32 matmul peak on this machine with the same threads.
+               / p50 latency, against a measured float32 matmul peak on this machine with the inference thread's
+               thread count.
 Target: small preset, beam 128, p99 <= 20 ms on 2 CPU cores.
 """
 from __future__ import annotations
@@ -101,10 +103,10 @@ def request_flops(folder: Path, beam: int, n: int) -> float:
     return float(counter.get_total_flops())
 
 
-def serve(folder: Path, port: int) -> subprocess.Popen:
+def serve(folder: Path, port: int, torch_threads: int = 1) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     proc = subprocess.Popen([sys.executable, "-m", "onerec.serving", "--bundle", str(folder), "--port", str(port),
-                             "--poll-s", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--poll-s", "0", "--torch-threads", str(torch_threads)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     import httpx
 
     for _ in range(600):
@@ -157,16 +159,17 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--n", type=int, default=10, help="items per response")
+    ap.add_argument("--torch-threads", type=int, default=1, help="the service's torch_threads")
     a = ap.parse_args()
 
-    peak = matmul_peak(THREADS)
+    peak = matmul_peak(a.torch_threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="onerec-bench-serving-") as tmp:
         for preset in a.presets.split(","):
             folder = Path(tmp) / preset
             cfg = write_bundle(folder, preset)
             port = free_port()
-            proc = serve(folder, port)
+            proc = serve(folder, port, a.torch_threads)
             try:
                 for beam in map(int, a.beams.split(",")):
                     flops = request_flops(folder, beam, a.n)
@@ -174,7 +177,7 @@ def main() -> None:
                     achieved = flops / (m["p50_ms"] / 1000)
                     rows.append({"preset": preset, "params": M.OneRec(cfg).num_params(), "beam": beam, **m,
                                  "mflops_per_request": flops / 1e6, "achieved_gflops": achieved / 1e9,
-                                 "peak_fraction": achieved / peak})
+                                 "peak_fraction": achieved / peak, "load_avg_1min": os.getloadavg()[0]})
                     r = rows[-1]
                     print(f"{preset:6s} beam {beam:4d}: p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
                           f"{r['throughput_rps']:7.1f} req/s  {r['mflops_per_request']:8.1f} MFLOP  "
@@ -183,7 +186,8 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=30)
 
-    lines = [f"matmul peak ({THREADS} threads, float32 1024^3): {peak / 1e9:.1f} GFLOP/s; {N_ITEMS} items, "
+    lines = [f"service torch_threads {a.torch_threads}; matmul peak ({a.torch_threads} threads, float32 1024^3): "
+             f"{peak / 1e9:.1f} GFLOP/s; {N_ITEMS} items, "
              f"codebook {CODEBOOK}, {a.requests} sequential requests, throughput with {a.concurrency} clients", "",
              "| preset | params | beam | p50 ms | p99 ms | req/s | MFLOP/request | GFLOP/s | % of matmul peak |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -196,7 +200,8 @@ def main() -> None:
                      f"{'met' if target[0]['p99_ms'] <= 20 else 'NOT met'}")
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps({"threads": THREADS, "matmul_peak_gflops": peak / 1e9,
+    (RESULTS / "serving.json").write_text(json.dumps({"threads": THREADS, "torch_threads": a.torch_threads,
+                                                      "matmul_peak_gflops": peak / 1e9,
                                                       "items": N_ITEMS, "codebook": CODEBOOK, "requests": a.requests,
                                                       "concurrency": a.concurrency, "n": a.n, "rows": rows}, indent=2))
     (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
