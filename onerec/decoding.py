@@ -110,6 +110,11 @@ class _IncrementalLazy:
         self.device = model.target.bos.device                # beams run where the model is (CPU or GPU)
         self.slots = torch.arange(requests, device=self.device)   # row -> slot in the (B, width) beam grid
         self.dense = True                                    # every slot is live: rows == slots, no scatter
+        # per K/V set, laid out once per request for the cross-attention matmuls: K^T (B, G, d_head, S),
+        # V (B, G, S, d_head), and the context mask as an additive bias (B, 1, 1, S)
+        self.kv = [(k.permute(0, 2, 3, 1), v.transpose(1, 2)) for k, v in state["kv"]]
+        self.bias = torch.zeros(state["mask"].shape, dtype=self.kv[0][0].dtype, device=self.device) \
+            .masked_fill(~state["mask"], float("-inf"))[:, None, None, :]
 
     def advance(self, parent: np.ndarray, tokens: np.ndarray, slots: np.ndarray, width: int) -> None:
         index = torch.as_tensor(parent, device=self.device)
@@ -118,27 +123,39 @@ class _IncrementalLazy:
         self.slots, self.width = torch.as_tensor(slots, device=self.device), width
         self.dense = len(slots) == self.B * width            # slots are ascending and unique
 
+    def _cross(self, block, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Lazy cross-attention of the (B * width, d_model) beam grid, GQA as matmuls: the query heads of one
+        K/V group are stacked along the query axis, so each group's context is read by one matmul."""
+        cfg, B, W = self.cfg, self.B, self.width
+        H, G, dh = cfg.n_heads, cfg.kv_groups, cfg.d_head
+        kT, v = self.kv[layer * cfg.kv_layers // cfg.n_layers]
+        q = block.cross.q(x).view(B, W, G, H // G, dh).permute(0, 2, 3, 1, 4).reshape(B, G, H // G * W, dh)
+        w = torch.softmax(torch.matmul(q, kT) * dh ** -0.5 + self.bias, dim=-1)
+        y = torch.matmul(w, v).view(B, G, H // G, W, dh).permute(0, 3, 1, 2, 4).reshape(B * W, H * dh)
+        return block.cross.out(y)
+
     def logp(self) -> torch.Tensor:
         m, cfg, j = self.model, self.cfg, self.level
         emb = m.target.bos[None] if j == 0 else m.target.levels[j - 1](self.tokens)
         rows = len(self.slots)
-        h = (emb + m.target.pos[j]).expand(rows, -1)[:, None]          # (N, 1, d_model): the newest position
+        h = (emb + m.target.pos[j]).expand(rows, -1)                  # (N, d_model): the newest position
         H, dh, D = cfg.n_heads, cfg.d_head, cfg.d_model
         grid = None if self.dense else torch.zeros(self.B * self.width, D, dtype=h.dtype, device=self.device)
         for layer, block in enumerate(m.blocks):
-            k, v = self.state["kv"][layer * cfg.kv_layers // cfg.n_layers]
-            x = block.norm_cross(h)[:, 0]
+            x = block.norm_cross(h)
             grid = x if self.dense else grid.index_copy(0, self.slots, x)
-            cross = block.cross(grid.view(self.B, self.width, D), k, v, self.state["mask"]).reshape(-1, D)
-            h = h + (cross if self.dense else cross[self.slots])[:, None]
-            q, sk, sv = block.self_attn.qkv(block.norm_self(h)).view(rows, 1, 3, H, dh).permute(2, 0, 3, 1, 4)
+            cross = self._cross(block, grid, layer)
+            h = h + (cross if self.dense else cross[self.slots])
+            q, sk, sv = block.self_attn.qkv(block.norm_self(h)).view(rows, 3, H, 1, dh).unbind(1)
             if self.cache[layer] is not None:
                 sk, sv = torch.cat([self.cache[layer][0], sk], 2), torch.cat([self.cache[layer][1], sv], 2)
-            self.cache[layer] = (sk, sv)
-            y = torch.nn.functional.scaled_dot_product_attention(q, sk, sv)   # the newest token sees all: causal
-            h = h + block.self_attn.out(y.transpose(1, 2).reshape(rows, 1, D))
+            self.cache[layer] = (sk, sv)                               # (N, H, positions so far, d_head)
+            # the newest token attends to every position of its beam (causal); with at most 3 keys, plain
+            # elementwise math is cheaper than an attention kernel call
+            w = torch.softmax((q * sk).sum(-1, keepdim=True) * dh ** -0.5, dim=2)
+            h = h + block.self_attn.out((w * sv).sum(2).reshape(rows, D))
             h = h + block.ffn(block.norm_ffn(h))
-        return torch.log_softmax(m.heads(h[:, 0], level=j).float(), dim=-1)
+        return torch.log_softmax(m.heads(h, level=j).float(), dim=-1)
 
 
 def _decoder(model, state, requests: int):

@@ -15,10 +15,10 @@ from onerec.item.trie import SidTrie
 SIZES = (5, 4, 6)
 
 
-def tiny(seed=0, n_sids=40, extra_level=False, arch="lazy"):
+def tiny(seed=0, n_sids=40, extra_level=False, arch="lazy", **model_kw):
     """A debug model with random weights and a trie over a random subset of the SID space (some SIDs shared)."""
     torch.manual_seed(seed)
-    cfg = M.debug(codebook_sizes=SIZES, arch=arch)
+    cfg = M.debug(codebook_sizes=SIZES, arch=arch, **model_kw)
     model = M.OneRec(cfg).eval()
     rng = np.random.default_rng(seed)
     space = np.array(list(itertools.product(*map(range, SIZES))))
@@ -47,10 +47,13 @@ def brute_force(model, batch, trie, levels=3):
     return paths, np.stack(out)
 
 
-@pytest.mark.parametrize("arch", ["lazy", "encdec"])   # lazy: the incremental decoder; others: full re-decode
-def test_beam_search_is_exact_top_k_of_brute_force(arch):
-    model, trie, cfg = tiny(arch=arch)
-    batch = rand_batch(cfg, B=3, seed=1)
+@pytest.mark.parametrize("arch, model_kw, fill", [
+    ("lazy", {}, 1.0),                                              # the incremental decoder
+    ("lazy", {"kv_layers": 2, "kv_split": 2, "kv_groups": 4}, 0.5),  # two K/V sets, K != V, no GQA, padded context
+    ("encdec", {}, 1.0)])                                           # full re-decode
+def test_beam_search_is_exact_top_k_of_brute_force(arch, model_kw, fill):
+    model, trie, cfg = tiny(arch=arch, **model_kw)
+    batch = rand_batch(cfg, B=3, seed=1, fill=fill)
     paths, scores = brute_force(model, batch, trie)
     gen = decoding.beam_search(model, batch, trie, beam_size=len(paths))   # nothing pruned: exact
     for r in range(3):
