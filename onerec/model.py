@@ -99,7 +99,11 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:   # the same formula in one kernel
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        return self.weight * (x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        # reduced precision (bf16 autocast): normalise in float32 and return x's dtype. Multiplying a bf16 result
+        # by the float32 weight would promote it to float32: the context K/V, read by every decoder layer, would
+        # then be cast back to bf16 by autocast once per layer, and their gradients summed in float32.
+        x32 = x.float()
+        return (self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps))).type_as(x)
 
 
 class SwiGLU(nn.Module):

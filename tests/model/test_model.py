@@ -190,3 +190,21 @@ def test_dropout_is_active_only_in_training_and_off_by_default():
     state = torch.get_rng_state()
     assert plain(batch)[1].item() == plain(batch)[1].item()
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_context_kv_keep_the_autocast_dtype():
+    """Under bf16 autocast the context K/V come out in bf16, so the layers that read them need no cast; in
+    float32 the norm is unchanged."""
+    torch.manual_seed(0)
+    cfg = M.debug()
+    model = M.OneRec(cfg)
+    batch = rand_batch(cfg, B=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k, v = model.encode(batch)["kv"][0]
+        _, loss = model(batch)
+    assert k.dtype == v.dtype == torch.bfloat16 and torch.isfinite(loss)
+    norm, x = M.RMSNorm(8), torch.randn(3, 8)
+    norm.weight.data.uniform_(0.5, 1.5)
+    want = norm.weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+    torch.testing.assert_close(norm(x), want)
+    torch.testing.assert_close(norm(x.bfloat16()), want.bfloat16(), atol=2e-2, rtol=2e-2)
