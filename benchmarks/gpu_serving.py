@@ -42,44 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_train import DATASHEET_BF16_TFLOPS, matmul_peak, rand_batch, sync, with_context  # noqa: E402
 
 
-class _GatherLogp:
-    """What-if for beam_search's `dec.logp().double().cpu().numpy()` followed by `logp[row, token]`: keep the
-    (beams x vocab) log-probabilities on the GPU and copy only the allowed (row, token) entries to the host.
-    Same values (gather then float64 == float64 then gather); onerec/decoding.py itself is not changed."""
-
-    def __init__(self, lp):
-        self.lp, self.shape = lp, lp.shape
-
-    def double(self):
-        return self
-
-    cpu = numpy = double
-
-    def __getitem__(self, idx):
-        row, token = (torch.as_tensor(np.asarray(i), device=self.lp.device) for i in idx)
-        return self.lp[row, token].double().cpu().numpy()
-
-
-class _GatherDecoder(decoding._IncrementalLazy):
-    def logp(self):
-        return _GatherLogp(super().logp())
-
-
-class gather_on_device:
-    """Context manager: beam_search uses _GatherDecoder (lazy arch only) while inside."""
-
-    def __init__(self, on: bool):
-        self.on = on
-
-    def __enter__(self):
-        self.saved = decoding._decoder
-        if self.on:
-            decoding._decoder = lambda model, state, requests: _GatherDecoder(model, state, requests)
-
-    def __exit__(self, *exc):
-        decoding._decoder = self.saved
-
-
 def model_only_ms(model, cfg, cpu_batch, beam, device, reps=30):
     """GPU work of one request without the host-side selection: encode + the 3 decoder levels with `beam` rows
     at levels 1 and 2 (random tokens), synchronised wall clock; the floor for these kernels as launched now."""
@@ -120,15 +82,15 @@ def analytic_flops(cfg, S: int, rows_per_level) -> float:
     return total
 
 
-def one_request(model, cpu_batch, trie, beam, top_n, device, autocast: bool, gather=False):
+def one_request(model, cpu_batch, trie, beam, top_n, device, autocast: bool):
     batch = cpu_batch.to(device)
-    with gather_on_device(gather), torch.autocast(device.type, dtype=torch.bfloat16, enabled=True):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=True):
         gen = decoding.beam_search(model, batch, trie, beam)
     recs = decoding.resolve(trie, gen, top_n)
     return gen, recs
 
 
-def run_variant(model, cfg, S, trie, args, device, autocast, peak, log, gather=False):
+def run_variant(model, cfg, S, trie, args, device, autocast, peak, log):
     users = [rand_batch(cfg, 1, torch.device("cpu"), seed=1000 + i) for i in range(16)]
     if device.type == "cuda":
         users = [u.to("cpu") for u in users]
@@ -137,14 +99,14 @@ def run_variant(model, cfg, S, trie, args, device, autocast, peak, log, gather=F
             for p in u.paths.values():
                 p.item, p.sid, p.feat, p.mask = (t.pin_memory() for t in (p.item, p.sid, p.feat, p.mask))
     for i in range(args.warmup):
-        gen, recs = one_request(model, users[i % 16], trie, args.beam, args.top_n, device, autocast, gather)
+        gen, recs = one_request(model, users[i % 16], trie, args.beam, args.top_n, device, autocast)
     sync(device)
     # rows decoded per level (for the analytic count): 1 at level 0, then the live beams
     live = (gen.nodes[0] >= 0).sum()
     # FLOPs of one request, counted
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as fc:
-        one_request(model, users[0], trie, args.beam, args.top_n, device, autocast, gather)
+        one_request(model, users[0], trie, args.beam, args.top_n, device, autocast)
     counted = fc.get_total_flops()
     # encode-only time (context processor), CUDA-synchronised wall clock
     enc = []
@@ -162,7 +124,7 @@ def run_variant(model, cfg, S, trie, args, device, autocast, peak, log, gather=F
         sync(device)
         t0 = time.perf_counter()
         batch = users[i % 16].to(device)
-        with gather_on_device(gather), torch.autocast(device.type, dtype=torch.bfloat16, enabled=True):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=True):
             gen = decoding.beam_search(model, batch, trie, args.beam)
         t1 = time.perf_counter()
         recs = decoding.resolve(trie, gen, args.top_n)
@@ -177,7 +139,7 @@ def run_variant(model, cfg, S, trie, args, device, autocast, peak, log, gather=F
     ana = analytic_flops(cfg, S, rows) if rows else None
     tflops = counted / (p50 / 1e3) / 1e12
     return dict(items=len(trie.items), level1_codes=len(trie.tokens[0]), precision="fp32 weights+autocast" if autocast else "bf16 weights",
-                selection="gather on GPU (what-if)" if gather else "as is (full logp to host)",
+                selection="allowed entries to host",
                 beam=args.beam, top_n=args.top_n, items_returned=len(recs[0]), requests=args.requests,
                 p50_ms=p50, p90_ms=float(np.percentile(lat, 90)), p99_ms=float(np.percentile(lat, 99)),
                 max_ms=float(lat.max()), mean_ms=float(lat.mean()),
@@ -192,7 +154,8 @@ def run_variant(model, cfg, S, trie, args, device, autocast, peak, log, gather=F
 
 
 def logp_copy_ms(device, rows=512, vocab=8192, reps=20):
-    """What beam_search's per-level `dec.logp().double().cpu().numpy()` costs alone for `rows` beams."""
+    """What copying a whole (rows x vocab) log-probability matrix to the host would cost per level (beam_search
+    copies only the allowed entries since gpu_serving_v2.md measured the difference)."""
     if device.type != "cuda":
         return None
     x = torch.randn(rows, vocab, device=device)
@@ -219,8 +182,6 @@ def main():
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--out", default="benchmarks/results/gpu_serving.json")
-    ap.add_argument("--selection", default="asis",
-                    help="comma list: asis (onerec.decoding as it is), gather (what-if: copy only allowed logp entries)")
     args = ap.parse_args()
     device = torch.device(args.device)
     log = lambda s: print(s, flush=True)  # noqa: E731
@@ -255,10 +216,10 @@ def main():
         mo = model_only_ms(model, cfg, rand_batch(cfg, 1, torch.device("cpu"), seed=7), args.beam, device)
         result.setdefault("model_only_ms", {})[prec] = dict(p50=mo[0], p99=mo[1])
         log(f"  {prec}: GPU work only (encode + 3 decoder levels, no selection): p50 {mo[0]:.2f} ms p99 {mo[1]:.2f} ms")
-        for (n, trie), sel in ((x, sel) for x in tries.items() for sel in args.selection.split(",")):
-            row = run_variant(model, cfg, args.context, trie, args, device, autocast, peak, log, gather=sel == "gather")
+        for n, trie in tries.items():
+            row = run_variant(model, cfg, args.context, trie, args, device, autocast, peak, log)
             result["rows"].append(row)
-            log(f"  {prec} {sel} items={n}: p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
+            log(f"  {prec} items={n}: p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
                 f"(encode {row['encode_p50_ms']:.2f}, resolve {row['resolve_p50_ms']:.2f})  "
                 f"{row['counted_gflops']:.0f} GFLOP -> {row['achieved_tflops_at_p50']:.1f} TFLOP/s")
             out.write_text(json.dumps(result, indent=1))

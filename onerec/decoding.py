@@ -110,11 +110,16 @@ class _IncrementalLazy:
         self.device = model.target.bos.device                # beams run where the model is (CPU or GPU)
         self.slots = torch.arange(requests, device=self.device)   # row -> slot in the (B, width) beam grid
         self.dense = True                                    # every slot is live: rows == slots, no scatter
+        # Attention kernels or plain tensor math: for these tiny shapes (<= 3 self-attention keys, a few hundred
+        # context keys) a CPU pays more for the kernel call than for the math, while a GPU pays per launch and
+        # the kernels launch fewer times. Tests run both ways on CPU.
+        self.kernels = self.device.type != "cpu"
         # per K/V set, laid out once per request for the cross-attention matmuls: K^T (B, G, d_head, S),
         # V (B, G, S, d_head), and the context mask as an additive bias (B, 1, 1, S)
-        self.kv = [(k.permute(0, 2, 3, 1), v.transpose(1, 2)) for k, v in state["kv"]]
-        self.bias = torch.zeros(state["mask"].shape, dtype=self.kv[0][0].dtype, device=self.device) \
-            .masked_fill(~state["mask"], float("-inf"))[:, None, None, :]
+        if not self.kernels:
+            self.kv = [(k.permute(0, 2, 3, 1), v.transpose(1, 2)) for k, v in state["kv"]]
+            self.bias = torch.zeros(state["mask"].shape, dtype=self.kv[0][0].dtype, device=self.device) \
+                .masked_fill(~state["mask"], float("-inf"))[:, None, None, :]
 
     def advance(self, parent: np.ndarray, tokens: np.ndarray, slots: np.ndarray, width: int) -> None:
         index = torch.as_tensor(parent, device=self.device)
@@ -128,6 +133,9 @@ class _IncrementalLazy:
         K/V group are stacked along the query axis, so each group's context is read by one matmul."""
         cfg, B, W = self.cfg, self.B, self.width
         H, G, dh = cfg.n_heads, cfg.kv_groups, cfg.d_head
+        if self.kernels:
+            k, v = self.state["kv"][layer * cfg.kv_layers // cfg.n_layers]
+            return block.cross(x.view(B, W, H * dh), k, v, self.state["mask"]).reshape(B * W, H * dh)
         kT, v = self.kv[layer * cfg.kv_layers // cfg.n_layers]
         q = block.cross.q(x).view(B, W, G, H // G, dh).permute(0, 2, 3, 1, 4).reshape(B, G, H // G * W, dh)
         w = torch.softmax(torch.matmul(q, kT) * dh ** -0.5 + self.bias, dim=-1)
@@ -150,10 +158,12 @@ class _IncrementalLazy:
             if self.cache[layer] is not None:
                 sk, sv = torch.cat([self.cache[layer][0], sk], 2), torch.cat([self.cache[layer][1], sv], 2)
             self.cache[layer] = (sk, sv)                               # (N, H, positions so far, d_head)
-            # the newest token attends to every position of its beam (causal); with at most 3 keys, plain
-            # elementwise math is cheaper than an attention kernel call
-            w = torch.softmax((q * sk).sum(-1, keepdim=True) * dh ** -0.5, dim=2)
-            h = h + block.self_attn.out((w * sv).sum(2).reshape(rows, D))
+            # the newest token attends to every position of its beam (causal): at most 3 keys
+            if self.kernels:
+                y = torch.nn.functional.scaled_dot_product_attention(q, sk, sv)
+            else:
+                y = (torch.softmax((q * sk).sum(-1, keepdim=True) * dh ** -0.5, dim=2) * sv).sum(2)
+            h = h + block.self_attn.out(y.reshape(rows, D))
             h = h + block.ffn(block.norm_ffn(h))
         return torch.log_softmax(m.heads(h, level=j).float(), dim=-1)
 
@@ -180,13 +190,16 @@ def beam_search(model, batch, trie: SidTrie, beam_size: int, state: dict | None 
         K = nodes.shape[1]
         alive = np.nonzero(nodes.reshape(-1) >= 0)[0]
         row, token, child = _edges(trie, depth, nodes.reshape(-1)[alive])   # row: decoder row of each edge
-        logp = dec.logp().double().cpu().numpy()
-        fits = token < logp.shape[1]    # a trie newer than the model may hold codes its heads do not have
+        logp = dec.logp()                                   # (rows, vocabulary), where the model runs
+        vocab = logp.shape[1]
+        fits = token < vocab            # a trie newer than the model may hold codes its heads do not have
         row, token, child = row[fits], token[fits], child[fits]
         if not len(row):
             raise ValueError("no SID of the trie fits the model's vocabulary")
+        # only the allowed entries leave the device: on a GPU the whole matrix is 512 x 8192 per level
+        flat = torch.as_tensor(row * vocab + token, device=logp.device)
         beam = alive[row]                                   # flat slot of every allowed edge's beam
-        cand = scores.reshape(-1)[beam] + logp[row, token]
+        cand = scores.reshape(-1)[beam] + logp.reshape(-1)[flat].double().cpu().numpy()
         # per request top-K over a padded (B, max candidates) matrix; edges are grouped by request already
         req = beam // K
         counts = np.bincount(req, minlength=B)

@@ -47,11 +47,25 @@ def brute_force(model, batch, trie, levels=3):
     return paths, np.stack(out)
 
 
+@pytest.fixture(params=[False, True], ids=["math", "kernels"])
+def attention_kernels(request, monkeypatch):
+    """The incremental decoder's two attention implementations (plain tensor math on CPU, SDPA kernels on GPU),
+    both run here on CPU."""
+    init = decoding._IncrementalLazy.__init__
+
+    def forced(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.kernels = request.param
+
+    monkeypatch.setattr(decoding._IncrementalLazy, "__init__", forced)
+    return request.param
+
+
 @pytest.mark.parametrize("arch, model_kw, fill", [
     ("lazy", {}, 1.0),                                              # the incremental decoder
     ("lazy", {"kv_layers": 2, "kv_split": 2, "kv_groups": 4}, 0.5),  # two K/V sets, K != V, no GQA, padded context
     ("encdec", {}, 1.0)])                                           # full re-decode
-def test_beam_search_is_exact_top_k_of_brute_force(arch, model_kw, fill):
+def test_beam_search_is_exact_top_k_of_brute_force(arch, model_kw, fill, attention_kernels):
     model, trie, cfg = tiny(arch=arch, **model_kw)
     batch = rand_batch(cfg, B=3, seed=1, fill=fill)
     paths, scores = brute_force(model, batch, trie)
@@ -69,7 +83,7 @@ def test_beam_search_is_exact_top_k_of_brute_force(arch, model_kw, fill):
         np.testing.assert_allclose(small.logp[r], np.sort(scores[r])[::-1][:k], rtol=1e-5, atol=1e-5)
 
 
-def test_no_invalid_sid_over_many_requests_and_batched_equals_one_by_one():
+def test_no_invalid_sid_over_many_requests_and_batched_equals_one_by_one(attention_kernels):
     model, trie, cfg = tiny(seed=3, n_sids=60)
     batch = rand_batch(cfg, B=16, seed=2, fill=0.6)
     gen = decoding.beam_search(model, batch, trie, beam_size=32)
