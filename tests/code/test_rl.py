@@ -181,3 +181,29 @@ def test_rsft_drops_the_bottom_half_of_sessions(tmp_path):
     assert stats["rsft_sessions"] == 5 and stats["rsft_sessions_dropped"] == 2
     assert sorted(zip(kept["user_id"].to_pylist(), kept["request_id"].to_pylist())) == \
         [(1, "a"), (1, "a"), (1, "b"), (2, "d")]
+
+
+def test_pi_old_comes_only_from_impressions_our_model_served():
+    """collate_rl: gen_prob is pi_old where the source is our model and 0 < gen_prob; logged impressions (legacy,
+    random, unknown source) and unusable probabilities get NaN, i.e. pi_old = sg(pi_theta)."""
+    import pyarrow as pa
+
+    from onerec import model as M
+    from onerec import posttrain
+    from onerec.samples import SidTable
+    from onerec.serving import Event, _history_row
+
+    n = 5
+    rows = pa.concat_tables([_history_row([Event(item_id=1), Event(item_id=2)]) for _ in range(n)])
+    rows = rows.set_column(rows.schema.get_field_index("item_id"), "item_id", pa.array([1, 2, 1, 2, 1], pa.int64()))
+    extra = {"source": pa.array(["model", "model", "legacy", None, "model"]),
+             "gen_prob": pa.array([0.25, 0.0, 0.5, 0.3, None], pa.float64()),
+             "q": pa.array([0.9, 0.1, 0.5, None, 0.7], pa.float64()), "dislike": pa.array([0, 1, 0, 0, 0], pa.int64()),
+             "play_time_ms": pa.array([9000, 100, 4000, None, 7000], pa.int64())}
+    for name, col in extra.items():
+        rows = rows.append_column(name, col)
+    sids = SidTable(item_ids=np.array([1, 2]), sids=np.array([[0, 1, 2], [3, 4, 5]]))
+    batch = posttrain.collate_rl(rows, M.debug(), sids, np.array([7, 3]), rl.RLConfig())
+    got = batch.gen_prob.numpy()
+    assert got[0] == 0.25 and np.isnan(got[1:]).all()
+    assert batch.n_items.tolist() == [7, 3, 7, 3, 7]        # items sharing each target SID
