@@ -192,6 +192,8 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
     from onerec.samples import collate
 
     cfg = cfg or ServeConfig()
+    if cfg.torch_threads < 1:
+        raise ValueError(f"torch_threads must be >= 1, got {cfg.torch_threads}")
     if bundle is None and cfg.bundle:
         bundle = model_registry.read_bundle(cfg.bundle, version=f"local:{cfg.bundle}")
     served = Served(cfg, bundle)
@@ -212,7 +214,6 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
             thread.start()
         yield
         stop.set()
-        infer.shutdown(wait=False)
 
     app = FastAPI(title="OneRec recommendation service", lifespan=lifespan)
     app.state.served = served
@@ -294,6 +295,8 @@ def main(argv=None) -> None:
         typ = {"int": int, "float": float}.get(str(f.type), str)
         parser.add_argument("--" + f.name.replace("_", "-"), type=typ, default=f.default)
     cfg = ServeConfig(**vars(parser.parse_args(argv)))
+    if cfg.torch_threads < 1:
+        parser.error(f"--torch-threads must be >= 1, got {cfg.torch_threads}")
     logging.basicConfig(level=logging.INFO)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", access_log=False)
 

@@ -108,6 +108,16 @@ def test_clear_4xx_messages(client):
     assert client.post("/recommend", content=b"{not json").status_code == 422
 
 
+def test_bad_thread_count_is_refused_before_serving():
+    from onerec.serving import ServeConfig, create_app, main
+
+    with pytest.raises(ValueError, match="torch_threads"):
+        create_app(ServeConfig(torch_threads=0))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--torch-threads", "0"])
+    assert exit_.value.code == 2
+
+
 def test_as_of_picks_the_newest_context_at_or_before_the_time(client, registry):
     contexts = client.app.state.served.contexts
     rows = {t: contexts.row(1, t) for t in (0, 1, 2, 99, None)}
