@@ -27,7 +27,6 @@ replayed request (same time of day + the page position in ms); ingest(D+1) adds 
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from pathlib import Path
 
@@ -294,7 +293,7 @@ def ab_markdown(blessing: dict) -> str:
     for k in ("requests", "served", "error_rate", "invalid_rate", "latency_p50_ms", "latency_p99_ms"):
         fmt = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
         lines.append(f"| {k} | {fmt(ch.get(k))} | {fmt(cp.get(k))} |")
-    lines += ["", f"| metric (per request) | challenger | champion | challenger - champion |", "|---|---|---|---|"]
+    lines += ["", "| metric (per request) | challenger | champion | challenger - champion |", "|---|---|---|---|"]
     for k, m in ch["metrics"].items():
         d = diffs.get(k)
         dtxt = "-" if not d or d["diff"] != d["diff"] else f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
