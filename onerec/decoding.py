@@ -114,12 +114,23 @@ class _IncrementalLazy:
         # context keys) a CPU pays more for the kernel call than for the math, while a GPU pays per launch and
         # the kernels launch fewer times. Tests run both ways on CPU.
         self.kernels = self.device.type != "cpu"
-        # per K/V set, laid out once per request for the cross-attention matmuls: K^T (B, G, d_head, S),
-        # V (B, G, S, d_head), and the context mask as an additive bias (B, 1, 1, S)
         if not self.kernels:
-            self.kv = [(k.permute(0, 2, 3, 1), v.transpose(1, 2)) for k, v in state["kv"]]
-            self.bias = torch.zeros(state["mask"].shape, dtype=self.kv[0][0].dtype, device=self.device) \
-                .masked_fill(~state["mask"], float("-inf"))[:, None, None, :]
+            self._layout_context(state["kv"], state["mask"])
+
+    def _layout_context(self, kv: list, mask: torch.Tensor) -> None:
+        """Per K/V set, laid out once per request for the cross-attention matmuls: K^T (B, G, d_head, S) with the
+        1/sqrt(d_head) of the scores folded in, V (B, G, S, d_head). Context positions that no request uses
+        (padding of pathways, e.g. an empty lifelong pathway) get weight exactly 0, so they are dropped rather
+        than masked: a one-request batch needs no mask at all, and every score, softmax and weighted sum is
+        over the real context only. What padding is left becomes an additive bias (B, 1, 1, S)."""
+        keep = mask.any(0)
+        cols = torch.nonzero(keep)[:, 0] if bool(keep.any()) else torch.arange(mask.shape[1], device=mask.device)
+        scale = self.cfg.d_head ** -0.5
+        self.kv = [((k[:, cols] * scale).permute(0, 2, 3, 1).contiguous(), v[:, cols].transpose(1, 2).contiguous())
+                   for k, v in kv]
+        mask = mask[:, cols]
+        self.bias = None if bool(mask.all()) else torch.zeros(
+            mask.shape, dtype=self.kv[0][0].dtype, device=self.device).masked_fill(~mask, float("-inf"))[:, None, None, :]
 
     def advance(self, parent: np.ndarray, tokens: np.ndarray, slots: np.ndarray, width: int) -> None:
         index = torch.as_tensor(parent, device=self.device)
@@ -138,7 +149,10 @@ class _IncrementalLazy:
             return block.cross(x.view(B, W, H * dh), k, v, self.state["mask"]).reshape(B * W, H * dh)
         kT, v = self.kv[layer * cfg.kv_layers // cfg.n_layers]
         q = block.cross.q(x).view(B, W, G, H // G, dh).permute(0, 2, 3, 1, 4).reshape(B, G, H // G * W, dh)
-        w = torch.softmax(torch.matmul(q, kT) * dh ** -0.5 + self.bias, dim=-1)
+        scores = torch.matmul(q, kT)                     # already scaled by 1/sqrt(d_head) through K^T
+        if self.bias is not None:
+            scores += self.bias
+        w = torch.softmax(scores, dim=-1)
         y = torch.matmul(w, v).view(B, G, H // G, W, dh).permute(0, 3, 1, 2, 4).reshape(B * W, H * dh)
         return block.cross.out(y)
 
@@ -155,11 +169,13 @@ class _IncrementalLazy:
             cross = self._cross(block, grid, layer)
             h = h + (cross if self.dense else cross[self.slots])
             q, sk, sv = block.self_attn.qkv(block.norm_self(h)).view(rows, 3, H, 1, dh).unbind(1)
-            if self.cache[layer] is not None:
+            if j:
                 sk, sv = torch.cat([self.cache[layer][0], sk], 2), torch.cat([self.cache[layer][1], sv], 2)
             self.cache[layer] = (sk, sv)                               # (N, H, positions so far, d_head)
             # the newest token attends to every position of its beam (causal): at most 3 keys
-            if self.kernels:
+            if j == 0:                  # one key: its softmax weight is exactly 1
+                y = sv
+            elif self.kernels:
                 y = torch.nn.functional.scaled_dot_product_attention(q, sk, sv)
             else:
                 y = (torch.softmax((q * sk).sum(-1, keepdim=True) * dh ** -0.5, dim=2) * sv).sum(2)

@@ -98,6 +98,34 @@ def test_no_invalid_sid_over_many_requests_and_batched_equals_one_by_one(attenti
         np.testing.assert_allclose(single.logp[0], gen.logp[r], rtol=1e-5, atol=1e-6)
 
 
+def test_context_positions_nobody_uses_are_dropped_and_change_nothing(attention_kernels):
+    """A position padded in every request of the batch (here the whole lifelong pathway, and a few more) gets
+    attention weight exactly 0: the CPU decoder drops it instead of masking it, and a one-request batch needs
+    no mask at all. The result is still teacher forcing over the full, masked context."""
+    model, trie, cfg = tiny(seed=2)
+    batch = rand_batch(cfg, B=3, seed=7, fill=0.6)
+    batch.paths["long"].mask[:] = False
+    batch.paths["long"].item[:] = 0
+    paths, scores = brute_force(model, batch, trie)
+    gen = decoding.beam_search(model, batch, trie, beam_size=len(paths))
+    for r in range(3):
+        np.testing.assert_allclose(gen.logp[r], np.sort(scores[r])[::-1], rtol=1e-5, atol=1e-5)
+    if attention_kernels:          # the kernel path reads the context as it is
+        return
+    with torch.inference_mode():
+        state = model.encode(batch)
+        used = int(state["mask"].any(0).sum())
+        assert used < state["mask"].shape[1] - dict(cfg.pathways)["long"]
+        dec = decoding._IncrementalLazy(model, state, 3)
+        assert all(kT.shape[-1] == v.shape[-2] == used for kT, v in dec.kv)
+        assert dec.bias is not None                                  # the three requests differ in padding
+        one = decoding._IncrementalLazy(model, model.encode(M.Batch(
+            batch.user[:1], {k: M.Pathway(p.item[:1], p.sid[:1], p.feat[:1], p.mask[:1])
+                             for k, p in batch.paths.items()})), 1)
+        assert one.bias is None and one.kv[0][0].shape[-1] == int(batch.paths["short"].mask[0].sum()
+                                                                 + batch.paths["positive"].mask[0].sum()) + 1
+
+
 def test_beam_larger_than_trie_pads_and_items_resolve_by_sharing_rule():
     model, trie, cfg = tiny(n_sids=10)
     batch = rand_batch(cfg, B=2, seed=4)
