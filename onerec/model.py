@@ -97,8 +97,13 @@ class RMSNorm(nn.Module):
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:   # the same formula in one kernel
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            if torch.is_grad_enabled():     # training: the same formula in one autograd node
+                return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+            # inference (decoding: ~40 norms of <= a few hundred rows per request): on CPU F.rms_norm makes ~6
+            # passes over x; one dot product per row and two in-place scalings are ~1 ms less per request
+            r = torch.linalg.vecdot(x, x).unsqueeze_(-1).div_(x.shape[-1]).add_(self.eps).rsqrt_()
+            return torch.mul(x, r).mul_(self.weight)
         # reduced precision (bf16 autocast): normalise in float32 and return x's dtype. Multiplying a bf16 result
         # by the float32 weight would promote it to float32: the context K/V, read by every decoder layer, would
         # then be cast back to bf16 by autocast once per layer, and their gradients summed in float32.

@@ -208,3 +208,21 @@ def test_context_kv_keep_the_autocast_dtype():
     want = norm.weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
     torch.testing.assert_close(norm(x), want)
     torch.testing.assert_close(norm(x.bfloat16()), want.bfloat16(), atol=2e-2, rtol=2e-2)
+
+
+def test_rmsnorm_is_one_formula_with_and_without_grad():
+    """Decoding normalises in place (no autograd graph to keep); training keeps F.rms_norm's autograd node.
+    Both are the same formula, and the grad path still trains the weight."""
+    torch.manual_seed(0)
+    norm, x = M.RMSNorm(64), torch.randn(5, 7, 64) * 3
+    norm.weight.data.uniform_(0.5, 1.5)
+    want = norm.weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(x), want)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x), want)
+    y = norm(x.requires_grad_())
+    torch.testing.assert_close(y, want)
+    y.square().sum().backward()
+    assert norm.weight.grad is not None and x.grad is not None and torch.isfinite(x.grad).all()
+
