@@ -54,17 +54,16 @@ def _padded(col: pa.ChunkedArray | pa.Array, length: int, fill=0, keep_last: boo
     """A list column (oldest first) -> a (B, length) array and its mask: the newest `length` entries,
     left-aligned (position 0 is the oldest kept); masked positions hold `fill`."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    B = len(lengths)
-    out = np.full((B, length), fill, dtype=flat.dtype if len(flat) else np.int64)
-    mask = np.zeros((B, length), dtype=bool)
+    # straight from the arrow buffers: offsets index the (unsliced) child values; a null list holds no entries
+    # whatever its offsets say
+    offsets = col.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets) * col.is_valid().to_numpy(zero_copy_only=False)
+    flat = col.values.to_numpy(zero_copy_only=False)
     take = np.minimum(lengths, length)
-    for b in np.nonzero(take)[0]:   # B rows; each a slice copy
-        start = offsets[b + 1] - take[b] if keep_last else offsets[b]
-        out[b, : take[b]] = flat[start: start + take[b]]
-        mask[b, : take[b]] = True
+    start = offsets[1:] - take if keep_last else offsets[:-1]
+    mask = np.arange(length)[None, :] < take[:, None]
+    out = np.full((len(lengths), length), fill, dtype=flat.dtype if lengths.sum() else np.int64)
+    out[mask] = flat[(start[:, None] + np.arange(length)[None, :])[mask]]
     return out, mask
 
 
