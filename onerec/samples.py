@@ -98,8 +98,10 @@ def _item_features(table: pa.Table, prefix: str, length: int, now_ms: np.ndarray
     ts, mask = _padded(table[f"{prefix}_ts"], length)
     feats = np.zeros((B, length, len(ITEM_FEATURES)), dtype=np.float32)
 
+    present = set(table.schema.names)
+
     def col(name):
-        return _padded(table[f"{prefix}_{name}"], length)[0].astype(np.float64) if f"{prefix}_{name}" in table.column_names else None
+        return _padded(table[f"{prefix}_{name}"], length)[0].astype(np.float64) if f"{prefix}_{name}" in present else None
 
     play, dur = col("play_time_ms"), col("duration_ms")
     if play is not None:
@@ -113,7 +115,8 @@ def _item_features(table: pa.Table, prefix: str, length: int, now_ms: np.ndarray
         if v is not None:
             feats[..., 3 + i] = v
     if prefix == "long":   # cluster weight instead of flags: how many lifelong items the representative stands for
-        feats[..., 3] = np.log1p(col("weight") if col("weight") is not None else 0)
+        weight = col("weight")
+        feats[..., 3] = np.log1p(weight if weight is not None else 0)
     feats[..., 7] = np.log1p(np.maximum(now_ms[:, None] - ts, 0) / 3.6e6)
     return feats * mask[..., None], mask
 
