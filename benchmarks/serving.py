@@ -93,11 +93,11 @@ def request_flops(folder: Path, beam: int, n: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from onerec import model_registry
-    from onerec.samples import collate
-    from onerec.serving import Event, _history_row
+    from onerec.samples import collate_record
+    from onerec.serving import Event, _history_record
 
     b = model_registry.read_bundle(folder)
-    batch = collate(_history_row([Event(**e) for e in history(0)]), b.model.cfg, b.sids)
+    batch = collate_record(*_history_record([Event(**e) for e in history(0)]), b.model.cfg, b.sids)
     with FlopCounterMode(display=False) as counter:
         decoding.recommend(b.model, batch, b.trie, n, beam)
     return float(counter.get_total_flops())

@@ -92,16 +92,15 @@ def _profile(table: pa.Table, dim: int) -> np.ndarray:
     return out
 
 
-def _item_features(table: pa.Table, prefix: str, length: int, now_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(B, length, len(ITEM_FEATURES)) side features of one pathway and its mask."""
-    B = table.num_rows
-    ts, mask = _padded(table[f"{prefix}_ts"], length)
-    feats = np.zeros((B, length, len(ITEM_FEATURES)), dtype=np.float32)
-
-    present = set(table.schema.names)
+def _item_features(get, prefix: str, now_ms: np.ndarray) -> np.ndarray:
+    """(B, length, len(ITEM_FEATURES)) side features of one pathway; `get(column)` gives a list column padded to
+    the pathway's length with its mask, or None when the column is absent."""
+    ts, mask = get(f"{prefix}_ts")
+    feats = np.zeros((*ts.shape, len(ITEM_FEATURES)), dtype=np.float32)
 
     def col(name):
-        return _padded(table[f"{prefix}_{name}"], length)[0].astype(np.float64) if f"{prefix}_{name}" in present else None
+        padded = get(f"{prefix}_{name}")
+        return None if padded is None else padded[0].astype(np.float64)
 
     play, dur = col("play_time_ms"), col("duration_ms")
     if play is not None:
@@ -118,7 +117,7 @@ def _item_features(table: pa.Table, prefix: str, length: int, now_ms: np.ndarray
         weight = col("weight")
         feats[..., 3] = np.log1p(weight if weight is not None else 0)
     feats[..., 7] = np.log1p(np.maximum(now_ms[:, None] - ts, 0) / 3.6e6)
-    return feats * mask[..., None], mask
+    return feats * mask[..., None]
 
 
 def _fit_width(x: np.ndarray, width: int) -> np.ndarray:
@@ -127,24 +126,58 @@ def _fit_width(x: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((*x.shape[:-1], width - x.shape[-1]), dtype=x.dtype)], axis=-1)
 
 
+def _pathway(get, prefix: str, now_ms: np.ndarray, cfg: ModelConfig, sids: SidTable) -> Pathway:
+    items, mask = get(f"{prefix}_item_id")
+    sid = sids.lookup(items)
+    known = sid >= 0
+    return Pathway(item=torch.from_numpy((_hash_bucket(items, cfg.item_buckets) * mask).astype(np.int64)),
+                   sid=torch.from_numpy(np.where(known & mask[..., None], sid, 0)),
+                   feat=torch.from_numpy(_fit_width(_item_features(get, prefix, now_ms), cfg.item_feat_dim)),
+                   mask=torch.from_numpy(mask))
+
+
 def collate(table: pa.Table, cfg: ModelConfig, sids: SidTable) -> Batch:
     """samples.parquet rows -> a Batch. Rows whose target item has no semantic ID must be filtered before."""
     now = table["ts"].to_numpy()
+    present = set(table.schema.names)
     paths = {}
     for name, length in cfg.pathways:
         prefix = PATHWAY_PREFIX[name]
-        items, mask = _padded(table[f"{prefix}_item_id"], length)
-        feats, _ = _item_features(table, prefix, length, now)
-        sid = sids.lookup(items)
-        known = sid >= 0
-        paths[name] = Pathway(
-            item=torch.from_numpy((_hash_bucket(items, cfg.item_buckets) * mask).astype(np.int64)),
-            sid=torch.from_numpy(np.where(known & mask[..., None], sid, 0)),
-            feat=torch.from_numpy(_fit_width(feats, cfg.item_feat_dim)),
-            mask=torch.from_numpy(mask))
+
+        def get(column, length=length, prefix=prefix):    # the id and ts columns are required: table[...] raises without them
+            required = column in (f"{prefix}_item_id", f"{prefix}_ts")
+            return _padded(table[column], length) if required or column in present else None
+
+        paths[name] = _pathway(get, prefix, now, cfg, sids)
     target = sids.lookup(table["item_id"].to_numpy())
     return Batch(user=torch.from_numpy(_profile(table, cfg.user_feat_dim)), paths=paths,
                  target=torch.from_numpy(target))
+
+
+def collate_record(record: dict[str, np.ndarray], ts_ms: int, cfg: ModelConfig, sids: SidTable,
+                   item_id: int = 0) -> Batch:
+    """One sample given as numpy arrays -> a one-row Batch, equal to `collate` of the samples.parquet row with
+    these list columns (`record`, e.g. "short_item_id" -> ids oldest first), `ts` and `item_id`, and no profile
+    columns. The service builds a request's batch this way: converting a history to an arrow table and back
+    costs more than the rest of its collation."""
+    def pad(values: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        take = min(len(values), length)     # the newest `length`, left-aligned, like _padded
+        out = np.zeros((1, length), dtype=values.dtype if len(values) else np.int64)
+        out[0, :take] = values[len(values) - take:]
+        return out, np.arange(length)[None] < take
+
+    now = np.array([ts_ms], dtype=np.int64)
+    paths = {}
+    for name, length in cfg.pathways:
+        prefix = PATHWAY_PREFIX[name]
+
+        def get(column, length=length, prefix=prefix):
+            required = column in (f"{prefix}_item_id", f"{prefix}_ts")
+            return pad(np.asarray(record[column]), length) if required or column in record else None
+
+        paths[name] = _pathway(get, prefix, now, cfg, sids)
+    return Batch(user=torch.zeros(1, cfg.user_feat_dim), paths=paths,
+                 target=torch.from_numpy(sids.lookup(np.array([item_id], dtype=np.int64))))
 
 
 def with_known_target(table: pa.Table, sids: SidTable) -> pa.Table:

@@ -159,26 +159,33 @@ class Contexts:
         return np.fromiter((-1 if r is None else r for r in found), np.int64, count=len(user_ids))
 
 
-def _history_row(events: list[Event]) -> pa.Table:
-    """An explicit history -> one samples.parquet-shaped row that onerec.samples.collate understands."""
-    now = int(time.time() * 1000)
-    ts = [e.ts if e.ts is not None else now - (len(events) - i) * 1000 for i, e in enumerate(events)]
-    positive = [e.like or e.follow or (e.duration_ms > 0 and e.play_time_ms >= 0.8 * e.duration_ms) for e in events]
+def _history_record(events: list[Event], now_ms: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """An explicit history -> (list columns of one samples.parquet row, the row's ts): every event feeds the
+    short-term pathway, liked/followed/80%-watched ones the positive pathway, the lifelong pathway is empty.
+    Events without ts are spaced 1 s apart, the newest 1 s before now."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    n = len(events)
 
-    def lists(values, keep=None, typ=pa.int64()):
-        return pa.array([[v for v, k in zip(values, keep or [True] * len(values)) if k]], pa.list_(typ))
+    def column(values):
+        return np.fromiter(values, np.int64, count=n)
 
-    items = [e.item_id for e in events]
-    play, dur = [e.play_time_ms for e in events], [e.duration_ms for e in events]
-    cols = {"user_id": pa.array([0], pa.int64()), "item_id": pa.array([0], pa.int64()),
-            "ts": pa.array([max(ts + [now]) + 1], pa.int64()),
-            "short_item_id": lists(items), "short_ts": lists(ts), "short_play_time_ms": lists(play),
-            "short_duration_ms": lists(dur), "short_like": lists([int(e.like) for e in events]),
-            "short_follow": lists([int(e.follow) for e in events]),
-            "pos_item_id": lists(items, positive), "pos_ts": lists(ts, positive),
-            "pos_play_time_ms": lists(play, positive), "pos_duration_ms": lists(dur, positive),
-            "long_item_id": lists([]), "long_ts": lists([])}
-    return pa.table(cols)
+    items, play, dur = (column(e.item_id for e in events), column(e.play_time_ms for e in events),
+                        column(e.duration_ms for e in events))
+    ts = column(e.ts if e.ts is not None else now - (n - i) * 1000 for i, e in enumerate(events))
+    like, follow = column(e.like for e in events), column(e.follow for e in events)
+    positive = (like > 0) | (follow > 0) | ((dur > 0) & (play >= 0.8 * dur))
+    record = {"short_item_id": items, "short_ts": ts, "short_play_time_ms": play, "short_duration_ms": dur,
+              "short_like": like, "short_follow": follow,
+              "pos_item_id": items[positive], "pos_ts": ts[positive], "pos_play_time_ms": play[positive],
+              "pos_duration_ms": dur[positive], "long_item_id": items[:0], "long_ts": ts[:0]}
+    return record, max(int(ts.max(initial=now)), now) + 1
+
+
+def _history_row(events: list[Event], now_ms: int | None = None) -> pa.Table:
+    """The same history as a samples.parquet-shaped arrow row (for onerec.samples.collate)."""
+    record, ts = _history_record(events, now_ms)
+    cols = {"user_id": pa.array([0], pa.int64()), "item_id": pa.array([0], pa.int64()), "ts": pa.array([ts], pa.int64())}
+    return pa.table({**cols, **{name: pa.array([values], pa.list_(pa.int64())) for name, values in record.items()}})
 
 
 def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | None = None) -> FastAPI:
@@ -189,7 +196,7 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
 
     import torch
 
-    from onerec.samples import collate
+    from onerec.samples import collate, collate_record
 
     cfg = cfg or ServeConfig()
     if cfg.torch_threads < 1:
@@ -246,9 +253,11 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
     infer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="onerec-infer",
                                                   initializer=torch.set_num_threads, initargs=(cfg.torch_threads,))
 
-    def run_model(bundle, table, n: int, beam: int):
+    def run_model(bundle, context, n: int, beam: int):
+        """`context`: a samples row (arrow) or an explicit history's (record, ts) (numpy, see _history_record)."""
         with torch.inference_mode():
-            batch = collate(table, bundle.model.cfg, bundle.sids)
+            cfg, sids = bundle.model.cfg, bundle.sids
+            batch = collate(context, cfg, sids) if isinstance(context, pa.Table) else collate_record(*context, cfg, sids)
             return decoding.recommend(bundle.model, batch, bundle.trie, n, beam)[0]
 
     @app.post("/recommend", response_model=RecommendResponse)
@@ -269,7 +278,7 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
             if row is None:
                 when = "" if req.as_of_ms is None else f" at or before as_of_ms={req.as_of_ms}"
                 raise HTTPException(404, f"unknown user_id {req.user_id}: no context for this user{when}; send a history")
-            table = served.contexts.table.slice(row, 1)
+            context = served.contexts.table.slice(row, 1)
         else:
             if len(req.history) > cfg.max_history:
                 raise HTTPException(422, f"history has {len(req.history)} events; the limit is {cfg.max_history}")
@@ -277,8 +286,8 @@ def create_app(cfg: ServeConfig | None = None, bundle: model_registry.Bundle | N
             unknown = ids[bundle.sids.lookup(ids)[..., 0] < 0] if len(ids) else ids
             if len(unknown):
                 raise HTTPException(422, f"unknown item_id(s) in history: {sorted(set(unknown.tolist()))[:10]}")
-            table = _history_row(req.history)
-        recs = await asyncio.get_running_loop().run_in_executor(infer, run_model, bundle, table, n, max(beam, n))
+            context = _history_record(req.history)
+        recs = await asyncio.get_running_loop().run_in_executor(infer, run_model, bundle, context, n, max(beam, n))
         return RecommendResponse(
             request_id=uuid.uuid4().hex, model_version=f"{cfg.model_name}/{bundle.version}",
             items=[Item(item_id=r.item_id, score=r.logp, gen_prob=r.gen_prob, sid=list(r.sid)) for r in recs],
