@@ -22,12 +22,15 @@ the valid children; it returns that sampling log-probability next to the model's
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from onerec.item.trie import SidTrie
+from onerec.model import SwiGLU
 
 MAX_BEAM = 512
 
@@ -76,6 +79,54 @@ def _edges(trie: SidTrie, depth: int, nodes: np.ndarray):
     return beam, trie.tokens[depth][child].astype(np.int64), child
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the CPU decoder's weights: every RMSNorm scale folded into the linear that reads the norm's output
+
+@dataclass
+class _FoldedBlock:
+    cross_q: torch.Tensor           # cross-attention query, after norm_cross
+    qkv: torch.Tensor               # self-attention q|k|v after norm_self; q rows also carry 1/sqrt(d_head)
+    gate_up: torch.Tensor | None    # SwiGLU gate|up after norm_ffn, one matmul (None: an MoE layer, left as is)
+    eps: tuple                      # the three norms' eps
+
+
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> (parameter versions, weights)
+
+
+def _unit_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without its scale and sqrt(d): x * rsqrt(sum(x^2) + d * eps); both are folded into the weights."""
+    return x * torch.linalg.vecdot(x, x).add_(x.shape[-1] * eps).rsqrt_().unsqueeze_(-1)
+
+
+@torch.no_grad()
+def _folded(model) -> tuple[list[_FoldedBlock], list[torch.Tensor]]:
+    """RMSNorm(x) @ W^T == unit_rms(x) @ (W * sqrt(d) * norm.weight)^T. Folding the scale into W removes a pass over
+    the activations per norm (three per block and level), and the self-attention's 1/sqrt(d_head) goes into the q
+    rows. Built once per model and rebuilt when a parameter changed: training updates them in place (the version
+    counter moves) or replaces them (the data pointer moves), and RL rollouts decode between optimizer steps."""
+    params = [*model.blocks.parameters(), *model.heads.parameters()]
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    cached = _FOLDED.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    cfg = model.cfg
+    root_d = cfg.d_model ** 0.5
+
+    def fold(norm, *linears):
+        return (torch.cat([lin.weight for lin in linears]) * (norm.weight * root_d)).contiguous()
+
+    blocks = []
+    for b in model.blocks:
+        qkv = fold(b.norm_self, b.self_attn.qkv)
+        qkv[:cfg.d_model] *= cfg.d_head ** -0.5
+        gate_up = fold(b.norm_ffn, b.ffn.gate, b.ffn.up) if isinstance(b.ffn, SwiGLU) else None
+        blocks.append(_FoldedBlock(fold(b.norm_cross, b.cross.q), qkv, gate_up,
+                                   (b.norm_cross.eps, b.norm_self.eps, b.norm_ffn.eps)))
+    heads = [fold(norm, lin) for norm, lin in zip(model.heads.norms, model.heads.linears)]
+    _FOLDED[model] = (key, (blocks, heads))
+    return blocks, heads
+
+
 class _Recompute:
     """Any architecture: every step re-decodes [BOS, prefix] of each beam through `model.next_logits`."""
 
@@ -114,8 +165,10 @@ class _IncrementalLazy:
         # context keys) a CPU pays more for the kernel call than for the math, while a GPU pays per launch and
         # the kernels launch fewer times. Tests run both ways on CPU.
         self.kernels = self.device.type != "cpu"
+        self.folded = None
         if not self.kernels:
             self._layout_context(state["kv"], state["mask"])
+            self.folded = _folded(model)
 
     def _layout_context(self, kv: list, mask: torch.Tensor) -> None:
         """Per K/V set, laid out once per request for the cross-attention matmuls: K^T (B, G, d_head, S) with the
@@ -148,7 +201,8 @@ class _IncrementalLazy:
             k, v = self.state["kv"][layer * cfg.kv_layers // cfg.n_layers]
             return block.cross(x.view(B, W, H * dh), k, v, self.state["mask"]).reshape(B * W, H * dh)
         kT, v = self.kv[layer * cfg.kv_layers // cfg.n_layers]
-        q = block.cross.q(x).view(B, W, G, H // G, dh).permute(0, 2, 3, 1, 4).reshape(B, G, H // G * W, dh)
+        q = F.linear(x, self.folded[0][layer].cross_q)     # x: unit-RMS rows, norm_cross's scale is in the weight
+        q = q.view(B, W, G, H // G, dh).permute(0, 2, 3, 1, 4).reshape(B, G, H // G * W, dh)
         scores = torch.matmul(q, kT)                     # already scaled by 1/sqrt(d_head) through K^T
         if self.bias is not None:
             scores += self.bias
@@ -163,12 +217,15 @@ class _IncrementalLazy:
         h = (emb + m.target.pos[j]).expand(rows, -1)                  # (N, d_model): the newest position
         H, dh, D = cfg.n_heads, cfg.d_head, cfg.d_model
         grid = None if self.dense else torch.zeros(self.B * self.width, D, dtype=h.dtype, device=self.device)
+        folded = None if self.kernels else self.folded      # the math path reads folded weights, the kernels the model
         for layer, block in enumerate(m.blocks):
-            x = block.norm_cross(h)
+            f = folded[0][layer] if folded else None
+            x = _unit_rms(h, f.eps[0]) if f else block.norm_cross(h)
             grid = x if self.dense else grid.index_copy(0, self.slots, x)
             cross = self._cross(block, grid, layer)
             h = h + (cross if self.dense else cross[self.slots])
-            q, sk, sv = block.self_attn.qkv(block.norm_self(h)).view(rows, 3, H, 1, dh).unbind(1)
+            qkv = F.linear(_unit_rms(h, f.eps[1]), f.qkv) if f else block.self_attn.qkv(block.norm_self(h))
+            q, sk, sv = qkv.view(rows, 3, H, 1, dh).unbind(1)
             if j:
                 sk, sv = torch.cat([self.cache[layer][0], sk], 2), torch.cat([self.cache[layer][1], sv], 2)
             self.cache[layer] = (sk, sv)                               # (N, H, positions so far, d_head)
@@ -176,12 +233,20 @@ class _IncrementalLazy:
             if j == 0:                  # one key: its softmax weight is exactly 1
                 y = sv
             elif self.kernels:
-                y = torch.nn.functional.scaled_dot_product_attention(q, sk, sv)
-            else:
-                y = (torch.softmax((q * sk).sum(-1, keepdim=True) * dh ** -0.5, dim=2) * sv).sum(2)
+                y = F.scaled_dot_product_attention(q, sk, sv)
+            else:                       # q already carries 1/sqrt(d_head) (folded weights)
+                y = (torch.softmax((q * sk).sum(-1, keepdim=True), dim=2) * sv).sum(2)
             h = h + block.self_attn.out(y.reshape(rows, D))
-            h = h + block.ffn(block.norm_ffn(h))
-        return torch.log_softmax(m.heads(h, level=j).float(), dim=-1)
+            if f is not None and f.gate_up is not None:
+                gate, up = F.linear(_unit_rms(h, f.eps[2]), f.gate_up).chunk(2, dim=-1)
+                h = h + block.ffn.down(F.silu(gate) * up)
+            else:
+                h = h + block.ffn(block.norm_ffn(h))
+        if folded:
+            logits = F.linear(_unit_rms(h, m.heads.norms[j].eps), folded[1][j])
+        else:
+            logits = m.heads(h, level=j)
+        return torch.log_softmax(logits.float(), dim=-1)
 
 
 def _decoder(model, state, requests: int):

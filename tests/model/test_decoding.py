@@ -126,6 +126,34 @@ def test_context_positions_nobody_uses_are_dropped_and_change_nothing(attention_
                                                                  + batch.paths["positive"].mask[0].sum()) + 1
 
 
+def test_folded_cpu_weights_match_the_model_and_follow_in_place_updates():
+    """The CPU path folds every RMSNorm scale (and 1/sqrt(d_head)) into the next linear. Norm scales of 1, as
+    initialised, would hide a wrong fold, so they are random here, with an MoE layer left unfolded; then one
+    scale changes in place, as an optimizer step does, and the next decode must see it."""
+    model, trie, cfg = tiny(seed=5, n_experts=4, top_k=2, moe_first_dense=1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and (name.startswith("blocks") or name.startswith("heads")):
+                p.uniform_(0.5, 1.5)
+    batch = rand_batch(cfg, B=2, seed=9)
+
+    def check():
+        paths, scores = brute_force(model, batch, trie)
+        gen = decoding.beam_search(model, batch, trie, beam_size=len(paths))
+        for r in range(2):
+            np.testing.assert_allclose(gen.logp[r], np.sort(scores[r])[::-1], rtol=1e-5, atol=1e-5)
+        return gen
+
+    before = check()
+    assert decoding._FOLDED[model][1][0][0].gate_up is not None            # layer 0: dense, folded
+    assert decoding._FOLDED[model][1][0][1].gate_up is None                # layer 1: MoE, as is
+    with torch.no_grad():
+        model.blocks[1].norm_self.weight.mul_(3.0)
+        model.heads.norms[2].weight.mul_(0.25)
+    after = check()
+    assert not np.allclose(before.logp, after.logp)
+
+
 def test_beam_larger_than_trie_pads_and_items_resolve_by_sharing_rule():
     model, trie, cfg = tiny(n_sids=10)
     batch = rand_batch(cfg, B=2, seed=4)
