@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from onerec.item.trie import SidTrie
-from onerec.model import SwiGLU
+from onerec.model import SwiGLU, unit_rms
 
 MAX_BEAM = 512
 
@@ -87,20 +87,14 @@ class _FoldedBlock:
     cross_q: torch.Tensor           # cross-attention query, after norm_cross
     qkv: torch.Tensor               # self-attention q|k|v after norm_self; q rows also carry 1/sqrt(d_head)
     gate_up: torch.Tensor | None    # SwiGLU gate|up after norm_ffn, one matmul (None: an MoE layer, left as is)
-    eps: tuple                      # the three norms' eps
 
 
 _FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> (parameter versions, weights)
 
 
-def _unit_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without its scale and sqrt(d): x * rsqrt(sum(x^2) + d * eps); both are folded into the weights."""
-    return x * torch.linalg.vecdot(x, x).add_(x.shape[-1] * eps).rsqrt_().unsqueeze_(-1)
-
-
 @torch.no_grad()
 def _folded(model) -> tuple[list[_FoldedBlock], list[torch.Tensor]]:
-    """RMSNorm(x) @ W^T == unit_rms(x) @ (W * sqrt(d) * norm.weight)^T. Folding the scale into W removes a pass over
+    """RMSNorm(x) @ W^T == model.unit_rms(x) @ (W * sqrt(d) * norm.weight)^T. Folding the scale into W removes a pass over
     the activations per norm (three per block and level), and the self-attention's 1/sqrt(d_head) goes into the q
     rows. Built once per model and rebuilt when a parameter changed: training updates them in place (the version
     counter moves) or replaces them (the data pointer moves), and RL rollouts decode between optimizer steps."""
@@ -120,8 +114,7 @@ def _folded(model) -> tuple[list[_FoldedBlock], list[torch.Tensor]]:
         qkv = fold(b.norm_self, b.self_attn.qkv)
         qkv[:cfg.d_model] *= cfg.d_head ** -0.5
         gate_up = fold(b.norm_ffn, b.ffn.gate, b.ffn.up) if isinstance(b.ffn, SwiGLU) else None
-        blocks.append(_FoldedBlock(fold(b.norm_cross, b.cross.q), qkv, gate_up,
-                                   (b.norm_cross.eps, b.norm_self.eps, b.norm_ffn.eps)))
+        blocks.append(_FoldedBlock(fold(b.norm_cross, b.cross.q), qkv, gate_up))
     heads = [fold(norm, lin) for norm, lin in zip(model.heads.norms, model.heads.linears)]
     _FOLDED[model] = (key, (blocks, heads))
     return blocks, heads
@@ -220,11 +213,11 @@ class _IncrementalLazy:
         folded = None if self.kernels else self.folded      # the math path reads folded weights, the kernels the model
         for layer, block in enumerate(m.blocks):
             f = folded[0][layer] if folded else None
-            x = _unit_rms(h, f.eps[0]) if f else block.norm_cross(h)
+            x = unit_rms(h, block.norm_cross.eps) if f else block.norm_cross(h)
             grid = x if self.dense else grid.index_copy(0, self.slots, x)
             cross = self._cross(block, grid, layer)
             h = h + (cross if self.dense else cross[self.slots])
-            qkv = F.linear(_unit_rms(h, f.eps[1]), f.qkv) if f else block.self_attn.qkv(block.norm_self(h))
+            qkv = F.linear(unit_rms(h, block.norm_self.eps), f.qkv) if f else block.self_attn.qkv(block.norm_self(h))
             q, sk, sv = qkv.view(rows, 3, H, 1, dh).unbind(1)
             if j:
                 sk, sv = torch.cat([self.cache[layer][0], sk], 2), torch.cat([self.cache[layer][1], sv], 2)
@@ -237,13 +230,13 @@ class _IncrementalLazy:
             else:                       # q already carries 1/sqrt(d_head) (folded weights)
                 y = (torch.softmax((q * sk).sum(-1, keepdim=True), dim=2) * sv).sum(2)
             h = h + block.self_attn.out(y.reshape(rows, D))
-            if f is not None and f.gate_up is not None:
-                gate, up = F.linear(_unit_rms(h, f.eps[2]), f.gate_up).chunk(2, dim=-1)
+            if f and f.gate_up is not None:
+                gate, up = F.linear(unit_rms(h, block.norm_ffn.eps), f.gate_up).chunk(2, dim=-1)
                 h = h + block.ffn.down(F.silu(gate) * up)
             else:
                 h = h + block.ffn(block.norm_ffn(h))
         if folded:
-            logits = F.linear(_unit_rms(h, m.heads.norms[j].eps), folded[1][j])
+            logits = F.linear(unit_rms(h, m.heads.norms[j].eps), folded[1][j])
         else:
             logits = m.heads(h, level=j)
         return torch.log_softmax(logits.float(), dim=-1)

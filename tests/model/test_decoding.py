@@ -145,8 +145,9 @@ def test_folded_cpu_weights_match_the_model_and_follow_in_place_updates():
         return gen
 
     before = check()
-    assert decoding._FOLDED[model][1][0][0].gate_up is not None            # layer 0: dense, folded
-    assert decoding._FOLDED[model][1][0][1].gate_up is None                # layer 1: MoE, as is
+    blocks, _ = decoding._folded(model)                                   # the cached weights, not rebuilt
+    assert decoding._folded(model)[0] is blocks
+    assert blocks[0].gate_up is not None and blocks[1].gate_up is None    # layer 0 dense, folded; layer 1 MoE, as is
     with torch.no_grad():
         model.blocks[1].norm_self.weight.mul_(3.0)
         model.heads.norms[2].weight.mul_(0.25)
