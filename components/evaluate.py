@@ -12,16 +12,18 @@ Leak-free daily protocol (chronological next-day, `evaluate.protocol: next_day`,
   table of the model's own date are used instead (tag onerec.eval_trie) and today's new items are not ranked.
 Leave-one-out (`protocol: loo`, TIGER's Amazon protocol): each user's last positive sample of day D is held
   out and ranked given its context (onerec.evaluation.leave_one_out); benchmarks call the same library.
-The current champion (MLflow registry alias `evaluate.champion_alias` of `evaluate.registered_model`), when
+The current champion (the `registry:` section's champion alias of its registered model), when
 there is one, is evaluated on the same requests; its version is an external input (a moved alias re-evaluates).
 Outputs: metrics.json (every metric, both models), comparison.md; MLflow: metrics, the comparison as
 mlflow.log_table (evaluate/comparison.json) and the markdown table.
-Metrics: onerec.evaluation (recall/hr/ndcg/coverage/cold_share/cluster_density @ {1,5,10,50}, invalid rates).
+Options: onerec.config.EvaluateConfig. Metrics: onerec.evaluation (recall/hr/ndcg/coverage/cold_share/
+cluster_density @ {1,5,10,50}, invalid rates).
 """
 from __future__ import annotations
 
 import json
 
+from components.common import EvaluateConfig, champion, load_model, stage_config
 from onerec.errors import BadInput
 
 PROTOCOLS = ("next_day", "loo")
@@ -33,24 +35,16 @@ MODEL_STAGES = ("rl", "sft", "pretrain")   # the newest post-trained model of a 
 def model_source(ctx):
     """(stage dir of the evaluated model, same_day): the newest date strictly before D with a model, and of that
     date the most post-trained one (rl > sft > pretrain); else pretrain(D), the upstream."""
-    prev = next(ctx.earlier_done(MODEL_STAGES, ctx.section.get("lookback_days", 30)), None)
+    prev = next(ctx.earlier_done(MODEL_STAGES, stage_config(ctx, EvaluateConfig).lookback_days), None)
     return (prev, False) if prev is not None else (ctx.dir("pretrain"), True)
-
-
-def _champion(ctx):
-    from onerec import model_registry
-
-    s = ctx.section
-    return model_registry.resolve_alias(s.get("registered_model", "onerec"), s.get("champion_alias", "champion"),
-                                        ctx.config["mlflow"]["tracking_uri"])
 
 
 def external_inputs(ctx) -> dict:
     src, same_day = model_source(ctx)
     inputs = {} if same_day else {"model": src.digest()}
-    champion = _champion(ctx) if ctx.section.get("compare_champion", True) else None
-    if champion is not None:
-        inputs["champion"] = f"{champion.name}/{champion.version}"
+    current = champion(ctx) if stage_config(ctx, EvaluateConfig).compare_champion else None
+    if current is not None:
+        inputs["champion"] = f"{current.name}/{current.version}"
     return inputs
 
 
@@ -60,8 +54,8 @@ def _requests(ctx, sids):
 
     from onerec import evaluation
 
-    s = ctx.section
-    protocol, targets = s.get("protocol", "next_day"), s.get("targets", "positive")
+    s = stage_config(ctx, EvaluateConfig)
+    protocol, targets = s.protocol, s.targets
     if protocol not in PROTOCOLS:
         raise BadInput(f"evaluate.protocol={protocol!r}; known: {', '.join(PROTOCOLS)}")
     if targets not in ("positive", "all"):
@@ -69,7 +63,7 @@ def _requests(ctx, sids):
     samples = ctx.upstream("features").read_table("samples")
     split = evaluation.next_day if protocol == "next_day" else evaluation.leave_one_out
     contexts, truths = split(samples, targets)
-    limit = int(s.get("max_users", 5000))
+    limit = int(s.max_users)
     if contexts.num_rows > limit:   # a stable, seeded subset of users: the same users every day
         users = contexts["user_id"].to_numpy()
         keep = np.sort(np.argsort((users.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) % np.uint64(2**61 - 1),
@@ -86,7 +80,7 @@ def _cold_items(ctx) -> set[int]:
     from onerec.schemas import day_start_ms
 
     items = ctx.upstream("ingest").read_table("items")
-    days = int(ctx.section.get("cold_start_days", 1))
+    days = int(stage_config(ctx, EvaluateConfig).cold_start_days)
     since = day_start_ms(ctx.date) - (days - 1) * 86_400_000
     return set(items.filter(pc.greater_equal(items["first_seen"], since))["item_id"].to_pylist())
 
@@ -106,9 +100,8 @@ def _score(model, trie, sids, contexts, truths, cold, s) -> dict:
     from onerec import evaluation
 
     return evaluation.evaluate(model, trie, _fit_context_vocab(sids, model.cfg), contexts, truths,
-                               ks=tuple(s.get("ks", evaluation.KS)), beam_size=int(s.get("beam_size", 128)),
-                               cold_items=cold, batch_size=int(s.get("batch_size", 64)),
-                               check_unconstrained=bool(s.get("check_unconstrained", True)))
+                               ks=tuple(s.ks), beam_size=int(s.beam_size), cold_items=cold,
+                               batch_size=int(s.batch_size), check_unconstrained=bool(s.check_unconstrained))
 
 
 def _tables(tokenize_dir):
@@ -123,9 +116,7 @@ def run(ctx) -> dict:
     import mlflow
     import torch
 
-    from components.pretrain import load_model
-
-    s = ctx.section
+    s = stage_config(ctx, EvaluateConfig)
     torch.manual_seed(0)
     ctx.upstream("pretrain")
     src, same_day = model_source(ctx)
@@ -139,28 +130,28 @@ def run(ctx) -> dict:
     cold = _cold_items(ctx)
     evaluated = f"{src.pipeline}/{src.date}/{src.stage}"
     mlflow.set_tags({"onerec.eval_model": evaluated, "onerec.eval_same_day": str(same_day).lower(),
-                     "onerec.eval_trie": f"tokenize {trie_from}", "onerec.eval_protocol": s.get("protocol", "next_day")})
+                     "onerec.eval_trie": f"tokenize {trie_from}", "onerec.eval_protocol": s.protocol})
     metrics = _score(model, trie, sids, contexts, truths, cold, s)
 
-    champion, champion_metrics = (_champion(ctx) if s.get("compare_champion", True) else None), {}
-    if champion is not None:
+    current, champion_metrics = (champion(ctx) if s.compare_champion else None), {}
+    if current is not None:
         from onerec import model_registry
 
-        bundle = model_registry.load_version(champion, tracking_uri=ctx.config["mlflow"]["tracking_uri"])
+        bundle = model_registry.load_version(current, tracking_uri=ctx.config["mlflow"]["tracking_uri"])
         same_codebook = bundle.codebook.get("digest") == codebook["digest"]
         c_trie, c_sids = (trie, sids) if same_codebook else (bundle.trie, bundle.sids)
         champion_metrics = _score(bundle.model, c_trie, c_sids, contexts, truths, cold, s)
-        mlflow.set_tag("onerec.eval_champion", f"{champion.name}/{champion.version}")
+        mlflow.set_tag("onerec.eval_champion", f"{current.name}/{current.version}")
 
     rows = _comparison(metrics, champion_metrics)
     table = {"metric": [r[0] for r in rows], "evaluated": [r[1] for r in rows],
              "champion": [r[2] for r in rows], "delta": [r[3] for r in rows]}
-    markdown = _markdown(rows, evaluated, champion)
+    markdown = _markdown(rows, evaluated, current)
     mlflow.log_table(data=table, artifact_file="evaluate/comparison.json")
     mlflow.log_text(markdown, "evaluate/comparison.md")
     ctx.out.write_json("metrics.json", {"evaluated_model": evaluated, "same_day": same_day, "trie_from": trie_from,
-                                        "metrics": metrics, "champion": None if champion is None else
-                                        {"version": f"{champion.name}/{champion.version}", "metrics": champion_metrics}})
+                                        "metrics": metrics, "champion": None if current is None else
+                                        {"version": f"{current.name}/{current.version}", "metrics": champion_metrics}})
     ctx.out.write_bytes("comparison.md", markdown.encode())
     out = {**metrics, "same_day": int(same_day), "cold_items": len(cold), "evaluated_model": evaluated}
     out.update({f"champion_{k}": v for k, v in champion_metrics.items()})

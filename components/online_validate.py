@@ -30,19 +30,8 @@ import contextlib
 import tempfile
 from pathlib import Path
 
+from components.common import champion as _champion
 from onerec.errors import BadInput
-
-
-def _champion(ctx):
-    from onerec import model_registry
-
-    return model_registry.resolve_alias(_registered(ctx), model_registry.CHAMPION, ctx.config["mlflow"]["tracking_uri"])
-
-
-def _registered(ctx) -> str:
-    from onerec import model_registry
-
-    return (ctx.config.get("promote") or {}).get("registered_model") or model_registry.DEFAULT_NAME
 
 
 def external_inputs(ctx) -> dict:
@@ -61,10 +50,10 @@ def run(ctx) -> dict:
     import numpy as np
 
     from components.contract import fault
-    from components.promote import candidate_dirs, read_evaluation
+    from components.common import OnlineValidateConfig, candidate_dirs, checked_section, read_evaluation, registry
     from onerec import model_registry, online
 
-    s = ctx.section
+    s = checked_section(ctx, OnlineValidateConfig)
     if not s.get("enabled", True):
         return _disabled(ctx)
     evaluation = read_evaluation(ctx, "online_validate")
@@ -95,7 +84,7 @@ def run(ctx) -> dict:
         services = {"challenger": online.Service(["--bundle", str(tmp / "challenger"), *common], "challenger",
                                                  float(s.get("start_timeout_s", 120)))}
         if champion is not None:
-            services["champion"] = online.Service(["--model-name", champion.name, "--alias", model_registry.CHAMPION,
+            services["champion"] = online.Service(["--model-name", champion.name, "--alias", registry(ctx).champion_alias,
                                                    "--tracking-uri", uri, *common], "champion",
                                                   float(s.get("start_timeout_s", 120)))
         with contextlib.ExitStack() as stack:
@@ -199,7 +188,7 @@ def _simulate(ctx, reqs, pages, samples, play_map) -> tuple[dict, dict]:
     import pyarrow as pa
     import torch
 
-    from components.reward_model import load as load_rm
+    from components.common import load_reward_model as load_rm
     from onerec.reward_model import TASKS, rm_batch
     from onerec.samples import SidTable
     from onerec.serving import Contexts

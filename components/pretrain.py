@@ -14,22 +14,15 @@ a killed run resumes from the newest complete one; they are removed once the wei
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from components.common import load_model, loss_figure, prepare_files, train_config, training_days
 from onerec.errors import BadInput
 
 MODEL_FILES = ("model.safetensors", "model.json")
-
-
-def _days(ctx) -> list[str]:
-    n = int(ctx.section.get("history_days", 1))
-    d = dt.date.fromisoformat(ctx.date)
-    days = [(d - dt.timedelta(days=i)).isoformat() for i in range(n - 1, -1, -1)]
-    return [x for x in days if x == ctx.date or ctx.dir("features", x).is_done()]
 
 
 def warm_start_source(ctx):
@@ -40,7 +33,7 @@ def warm_start_source(ctx):
 
 
 def external_inputs(ctx) -> dict:
-    inputs = {f"samples:{x}": ctx.dir("features", x).digest() for x in _days(ctx) if x != ctx.date}
+    inputs = {f"samples:{x}": ctx.dir("features", x).digest() for x in training_days(ctx) if x != ctx.date}
     src = warm_start_source(ctx)
     if src is not None:
         inputs["warm_start"] = src.digest()
@@ -56,65 +49,6 @@ def _model_config(ctx, vocab):
                        **(s.get("overrides") or {}))
     except (TypeError, ValueError) as e:
         raise BadInput(f"pretrain model config: {e}") from None
-
-
-def train_config(ctx):
-    """TrainConfig from this stage's `train` section (pretrain, sft and rl share it); unknown keys -> exit 2."""
-    from onerec.train import TrainConfig
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = dict(ctx.section.get("train") or {})
-    unknown = set(given) - fields
-    if unknown:
-        raise BadInput(f"unknown {ctx.stage.name}.train option(s) {sorted(unknown)}; known: {sorted(fields)}")
-    return TrainConfig(**given)
-
-
-def prepare_files(ctx, sids, tmp: Path) -> tuple[list[str], int]:
-    """Copy each day's samples to local parquet holding only trainable rows (the target has a semantic ID;
-    optionally only positive feedback), one row group at a time so memory stays bounded."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from onerec.samples import with_known_target
-
-    files, rows = [], 0
-    only_positive = ctx.section.get("samples", "all") == "positive"
-    for day in _days(ctx):
-        src = tmp / f"{day}.src.parquet"
-        src.write_bytes(ctx.dir("features", day).read_bytes("samples.parquet"))
-        out, writer = tmp / f"{day}.parquet", None
-        pf = pq.ParquetFile(src)
-        for g in range(pf.num_row_groups):
-            t = with_known_target(pf.read_row_group(g), sids)
-            if only_positive:
-                pos = pc.or_(pc.or_(pc.equal(t["like"], 1), pc.equal(t["follow"], 1)),
-                             pc.greater_equal(pc.divide(pc.cast(t["play_time_ms"], pa.float64()),
-                                                        pc.max_element_wise(pc.cast(t["duration_ms"], pa.float64()), 1.0)), 0.8))
-                t = t.filter(pc.fill_null(pos, False))
-            if t.num_rows:
-                writer = writer or pq.ParquetWriter(out, t.schema)
-                writer.write_table(t, row_group_size=2048)
-                rows += t.num_rows
-        src.unlink()
-        if writer:
-            writer.close()
-            files.append(str(out))
-    return files, rows
-
-
-def load_model(stage_dir):
-    """A trained OneRec from a stage directory (pretrain, sft, rl): safetensors weights + model.json."""
-    from safetensors.torch import load as st_load
-
-    from onerec import model as M
-
-    meta = json.loads(stage_dir.read_bytes("model.json"))
-    cfg = M.ModelConfig(**meta["model_config"])
-    model = M.OneRec(cfg)
-    model.load_state_dict(st_load(stage_dir.read_bytes("model.safetensors")))
-    return model, meta
 
 
 def run(ctx) -> dict:
@@ -165,25 +99,11 @@ def run(ctx) -> dict:
 
     ctx.out.write_bytes("model.safetensors", st_save({k: v.contiguous() for k, v in result["state_dict"].items()}))
     ctx.out.write_json("model.json", {"model_config": dataclasses.asdict(mcfg), "codebook_digest": codebook["digest"],
-                                      "warm_start": warm, "trained_on": _days(ctx)})
+                                      "warm_start": warm, "trained_on": training_days(ctx)})
     ctx.out.write_json("train.json", {"train_config": dataclasses.asdict(tcfg), "losses": result["losses"],
                                       "resumed_from": result["resumed_from"], "samples": rows})
-    mlflow.log_figure(_loss_figure(result["losses"], ctx.date), "pretrain/loss.png")
+    mlflow.log_figure(loss_figure(result["losses"], ctx.date), "pretrain/loss.png")
     ckpt.clear()
     return {"final_loss": result["final_loss"], "steps": result["steps"], "train_samples": rows,
             "params": model.num_params(), "resumed_from_step": result["resumed_from"] or 0,
             "warm_start": warm}
-
-
-def _loss_figure(losses, date):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(losses) + 1), losses)
-    ax.set(xlabel="step", ylabel="mean NLL of the 3 semantic tokens", title=f"pretrain {date}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig

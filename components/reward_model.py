@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from components.common import load_reward_model
 from onerec.errors import BadInput
 
 FILES = ("reward_model.safetensors", "reward_model.json")
@@ -26,19 +27,6 @@ def previous(ctx):
 def external_inputs(ctx) -> dict:
     prev = previous(ctx)
     return {} if prev is None else {"previous": prev.digest()}
-
-
-def load(stage_dir):
-    """A trained RewardModel from a reward_model stage directory (safetensors + JSON)."""
-    from safetensors.torch import load as st_load
-
-    from onerec import model as M
-    from onerec.reward_model import RewardConfig, RewardModel
-
-    meta = json.loads(stage_dir.read_bytes("reward_model.json"))
-    rm = RewardModel(M.ModelConfig(**meta["context_config"]), RewardConfig(**meta["reward_config"]))
-    rm.load_state_dict(st_load(stage_dir.read_bytes("reward_model.safetensors")))
-    return rm.eval(), meta
 
 
 def _configs(ctx, vocab):
@@ -79,7 +67,7 @@ def run(ctx) -> dict:
 
     metrics, prev = {}, previous(ctx)
     if prev is not None:
-        old, meta = load(prev)
+        old, meta = load_reward_model(prev)
         if meta.get("codebook_digest") == codebook["digest"]:
             metrics.update({f"next_day_{k}": v for k, v in R.evaluate(old, samples, sids).items()})
             if meta["context_config"] == json.loads(json.dumps(dataclasses.asdict(context_cfg))) and \

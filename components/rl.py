@@ -44,10 +44,9 @@ def run(ctx) -> dict:
     import torch
     from safetensors.torch import save as st_save
 
-    from components import reward_model as rm_stage
+    from components.common import load_model, load_reward_model, prepare_files, train_config
     from components.contract import fault
-    from components.pretrain import _days, load_model, prepare_files
-    from components.pretrain import train_config
+    from components.common import training_days as _days
     from onerec.item.trie import SidTrie
     from onerec.posttrain import RLObjective, collate_rl, items_per_sid
     from onerec.samples import SidTable
@@ -65,7 +64,7 @@ def run(ctx) -> dict:
     reference.eval().requires_grad_(False)
     if meta.get("codebook_digest") != codebook["digest"]:
         raise BadInput(f"rl {ctx.date}: sft model was trained for another codebook than tokenize({ctx.date})")
-    reward, rm_meta = rm_stage.load(ctx.upstream("reward_model"))
+    reward, rm_meta = load_reward_model(ctx.upstream("reward_model"))
     reward.requires_grad_(False)
     uses_rm = rcfg.algorithm == "dpo" or rcfg.source in ("reward_model", "hybrid")
     if uses_rm and rm_meta.get("codebook_digest") != codebook["digest"]:

@@ -20,11 +20,9 @@ from onerec.errors import BadInput
 def _champion(ctx):
     if ctx.section.get("init", "pretrain") != "champion":
         return None
-    from onerec import model_registry
+    from components.common import champion
 
-    ev = ctx.config.get("evaluate") or {}
-    return model_registry.resolve_alias(ev.get("registered_model", "onerec"), ev.get("champion_alias", "champion"),
-                                        ctx.config["mlflow"]["tracking_uri"])
+    return champion(ctx)
 
 
 def external_inputs(ctx) -> dict:
@@ -36,7 +34,7 @@ def init_model(ctx, codebook):
     """(model, model.json meta, source name): pretrain(D), or the champion when asked for and compatible."""
     import mlflow
 
-    from components.pretrain import load_model
+    from components.common import load_model
 
     champion = _champion(ctx)
     if champion is not None:
@@ -56,13 +54,13 @@ def run(ctx) -> dict:
     from safetensors.torch import save as st_save
 
     from components.contract import fault
-    from components.pretrain import _days, _loss_figure, prepare_files
+    from components.common import loss_figure as _loss_figure, prepare_files, training_days as _days
     from onerec import model as M
     from onerec.posttrain import rsft_filter
     from onerec.samples import SidTable, collate
     from onerec.train import Checkpoints, ParquetStream, train
 
-    from components.pretrain import train_config
+    from components.common import train_config
 
     tok = ctx.upstream("tokenize")
     ctx.upstream("features")

@@ -2,10 +2,21 @@
 
 A stage's result is defined by the config sections it declares in the registry, so only those are
 hashed into its manifest: changing `validate.*` does not invalidate yesterday's ingest.
+
+One source of defaults: where a section (or a sub-section) is parsed into a dataclass, its keys and defaults
+are that dataclass's fields, read here, never copied:
+  rl             onerec.rl.RLConfig (+ `train`)        tokenize        onerec.item.rqkmeans.RQConfig (+ 3 keys)
+  *.train        onerec.train.TrainConfig             embed.fusion    onerec.item.fusion.FusionConfig
+  evaluate, online_validate, promote, registry: the dataclasses below.
+The library dataclasses live next to the code that uses them, in modules that import torch or faiss. This module
+must stay light (the CLI imports it for every command), so their fields are read from the source
+(`dataclass_defaults`); tests/code/test_config.py checks the result against the imported classes.
 """
 from __future__ import annotations
 
+import ast
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,6 +25,118 @@ from pathlib import Path
 import yaml
 
 from onerec.errors import BadInput
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def dataclass_defaults(module: str, name: str, exclude: tuple[str, ...] = ()) -> dict:
+    """{field: default} of dataclass `name` in `onerec.<module>`, read from its source without importing it.
+    Defaults must be literals, `field(default_factory=dict | list)` or `field(default_factory=lambda: <literal>)`;
+    anything else falls back to importing the module (correct, but heavy: the light-import test then fails)."""
+    tree = ast.parse((PACKAGE / (module.replace(".", "/") + ".py")).read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    out = {}
+    try:
+        for stmt in cls.body:
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None
+                    and "ClassVar" not in ast.unparse(stmt.annotation) and stmt.target.id not in exclude):
+                out[stmt.target.id] = _literal_default(stmt.value)
+    except ValueError:
+        import importlib
+
+        obj = getattr(importlib.import_module(f"onerec.{module}"), name)()
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name not in exclude}
+    return out
+
+
+def _literal_default(node: ast.expr):
+    if isinstance(node, ast.Call) and ast.unparse(node.func) in ("field", "dataclasses.field"):
+        kw = {k.arg: k.value for k in node.keywords}
+        if "default" in kw:
+            return ast.literal_eval(kw["default"])
+        factory = kw.get("default_factory")
+        if isinstance(factory, ast.Name) and factory.id in ("dict", "list"):
+            return {"dict": {}, "list": []}[factory.id]
+        if isinstance(factory, ast.Lambda):
+            return ast.literal_eval(factory.body)
+        raise ValueError(ast.unparse(node))
+    return ast.literal_eval(node)
+
+
+# -- the sections of stages without a library dataclass of their own --------------------------------------
+
+@dataclasses.dataclass
+class RegistryConfig:
+    """`registry:` the MLflow registered model every stage reads and moves (evaluate, sft, online_validate, promote)."""
+    model: str = "onerec"                 # registered model name
+    champion_alias: str = "champion"      # the alias serving follows, evaluate compares against and promote moves
+                                          #   (mlflow/registry_policy.yaml names the aliases' roles)
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """`evaluate:` offline metrics through beam search (components/evaluate.py)."""
+    protocol: str = "next_day"            # next_day: the newest model before D on day D | loo: last sample per user
+    targets: str = "positive"             # truth = liked/followed/80%-watched items | all impressed items
+    ks: list = dataclasses.field(default_factory=lambda: [1, 5, 10, 50])   # Recall/HR/NDCG/coverage/... @K
+    beam_size: int = 128                  # beam width (>= max(ks)); up to 512
+    batch_size: int = 64                  # requests per beam-search batch
+    max_users: int = 5000                 # a stable (hashed) subset of the day's users beyond this
+    cold_start_days: int = 1              # cold-start item: first seen within the last N days (1 = on D)
+    lookback_days: int = 30               # how far back to look for the newest earlier model
+    check_unconstrained: bool = True      # also decode without the trie to measure the model's invalid-SID rate
+    compare_champion: bool = True         # evaluate the registry's champion on the same users when it exists
+
+
+@dataclasses.dataclass
+class OnlineValidateConfig:
+    """`online_validate:` A/B replay over HTTP (components/online_validate.py, onerec/online.py)."""
+    enabled: bool = True                  # false: a skipped blessing, promote applies offline gates only
+    max_requests: int = 500               # logged requests of D replayed (a stable hashed subset beyond this)
+    challenger_share: float = 0.5         # users (salted hash) sent to the challenger; the rest to the champion
+    salt: str = "onerec-ab"               # change it to draw a new user split
+    n: int = 10                           # items per response
+    slate: int = 6                        # the exposed page: metrics and written-back impressions use the top 6
+    beam_size: int = 64
+    warmup: int = 3                       # uncounted requests per arm first (a fresh process is cold)
+    timeout_s: float = 30.0               # per request; a timeout counts as an error
+    start_timeout_s: float = 120.0        # a service not healthy by then fails the stage (retryable)
+    confidence: float = 0.95              # interval level of every mean and difference
+    tolerance: float = 0.05               # a guarded metric fails when its whole interval of challenger - champion
+                                          #   lies beyond 5% of the champion's mean in the worse direction
+    guards: dict = dataclasses.field(default_factory=lambda: {
+        "stay_time_s": "higher", "like": "higher", "follow": "higher", "comment": "higher", "forward": "higher",
+        "dislike": "lower"})
+    latency_p99_ms: float = 250.0         # the challenger's p99 over HTTP
+    max_error_rate: float = 0.0
+    write_back: bool = True               # the challenger's pages -> served_impressions (ingest(D+1) adds them)
+    simulator: str = "auto"               # auto: the synthetic world's true responses when data.source is synthetic,
+                                          #   else the reward model(D) | world | reward_model
+    simulator_concentration: float = 4.0  # reward model: simulated q ~ Beta(k * q_hat, k * (1 - q_hat))
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class PromoteConfig:
+    """`promote:` gates before the champion alias moves (components/promote.py); exit 3 if any fails."""
+    tolerances: dict = dataclasses.field(default_factory=lambda: {   # relative gates vs the champion (same users,
+        "recall_at_10": 0.01,             #   evaluate(D)): fail when candidate < champion - tolerance
+        "ndcg_at_10": 0.01,               #   (absolute metric units)
+        "hr_at_10": 0.01})
+    max_invalid_rate: float = 0.0         # absolute gate: invalid SIDs from constrained beam search (and online)
+    min_users: int = 1                    # absolute gate: evaluated on at least this many users
+    allow_same_day: bool = True           # promote a model scored on its own training day (only the very first day)
+    latency_p99_ms: float | None = 250.0  # online gate (when online_validate ran): challenger p99 SLO; null = off
+    max_error_rate: float = 0.0           # online gate: share of failed requests
+    report_days: int = 7                  # the run report's trend window
+
+
+def section_defaults(cls) -> dict:
+    return dataclasses.asdict(cls())
+
+
+TRAIN = dataclass_defaults("train", "TrainConfig")   # every stage's `train:` sub-section starts from these
+
 
 DEFAULTS: dict = {
     "pipeline": "daily",
@@ -76,39 +199,14 @@ DEFAULTS: dict = {
         "refit": False,                   # refit the layout + fusion today (the bootstrap pipeline always does)
         "lookback_days": 60,              # how far back a daily run looks for the frozen encoder state
         "cache": True,                    # content-hash cache of text vectors under <root>/shared/embed_cache
-        "fusion": {                       # collaborative fusion, OneRec-V1 (onerec.item.fusion.FusionConfig)
-            "enabled": True,
-            "dim": 256,                   # fused vector size (what tokenize quantizes)
-            "hidden": 512,
-            "window_days": 7,             # impressions of D and the 6 days before are mined for pairs
-            "pair_window": 5,             # a positive is paired with the next 5 positives of the same user
-            "long_view": 0.8,             # play/duration >= 0.8 counts as a positive
-            "popularity_alpha": 0.5,      # pair weight = count / (pop_a * pop_b) ** alpha
-            "holdout": 0.1,               # pairs held out to measure alignment (recall@10 before/after)
-            "temperature": 0.2,           # measured: recall@10 on Scientific >= 0.07, much better on a planted problem
-            "content_weight": 1.0,        # reconstruction term that keeps the content information
-            "steps": 500,
-            "batch_size": 256,
-            "lr": 0.001,
-            "min_pairs": 50,              # fewer pairs: content term only
-            "seed": 0,
-        },
+        # collaborative fusion (OneRec-V1): onerec.item.fusion.FusionConfig documents each key
+        "fusion": dataclass_defaults("item.fusion", "FusionConfig", exclude=("progress",)),
     },
-    "tokenize": {                         # RQ-KMeans semantic IDs (onerec.item.rqkmeans.RQConfig)
-        "levels": 3,
-        "codebook_size": 8192,            # per level, as in OneRec; reduced (with a warning) for small catalogs
-        "min_points_per_code": 10,        # ...to at most n_items / 10 codes per level
-        "balanced": True,                 # OneRec's balanced k-means: clusters of (nearly) equal size
-        "slack": 0.05,                    # balanced: a cluster holds at most ceil(n/K) * 1.05 items
-        "niter": 20,                      # Lloyd iterations per level, at most...
-        "tol": 0.001,                     # ...stopping once at most 0.1% of the items change code
-        "points_per_centroid": 32,        # fit on a subsample of 32 x K residuals, then assign all items
-        "candidates": 16,                 # balanced: nearest codes considered before a re-search
-        "search": "auto",                 # exact | graph | auto (graph = neighbouring centroids only, K >= 1024)
+    "tokenize": {                         # RQ-KMeans semantic IDs: onerec.item.rqkmeans.RQConfig documents each
+        **dataclass_defaults("item.rqkmeans", "RQConfig", exclude=("progress",)),
         "collision": "reassign",          # reassign (nearest free code, SIDs keep 3 tokens) | extra_level | none
         "refit": False,                   # refit the codebooks today + write the old->new remap (bootstrap always does)
         "lookback_days": 60,              # how far back a daily run looks for the frozen codebooks
-        "seed": 0,
     },
     "pretrain": {                         # the generative model (onerec.model, onerec.train)
         "model": "small",                 # preset: debug | small | 0.1b ... 8b | 4b-a0.5b
@@ -118,7 +216,7 @@ DEFAULTS: dict = {
         "samples": "all",                 # all impressions (V2 trains on impressions) | positive (like/follow/80% watched)
         "warm_start": True,               # continue from the newest earlier model trained for the same codebook
         "warm_start_lookback_days": 30,
-        "train": {"max_steps": 200, "batch_size": 64, "lr": 1e-3, "warmup_steps": 20, "ckpt_every": 50},
+        "train": dict(TRAIN),             # onerec.train.TrainConfig documents each key
     },
     "sft": {                              # supervised fine-tuning of pretrain(D) (components/sft.py)
         "init": "pretrain",               # pretrain (the day's model) | champion (registry alias, same codebook only)
@@ -127,7 +225,7 @@ DEFAULTS: dict = {
         "rsft": {"enabled": False,        # OneRec-V1 RSFT: drop the bottom `drop` share of sessions by play time
                  "drop": 0.5,
                  "session_key": "request_id"},
-        "train": {"max_steps": 100, "batch_size": 64, "lr": 2e-4, "warmup_steps": 10, "ckpt_every": 50},
+        "train": {**TRAIN, "max_steps": 100, "lr": 2e-4, "warmup_steps": 10},
     },
     "reward_model": {                     # OneRec-V1 reward model (onerec/reward_model.py)
         "context": "small",               # ModelConfig preset of the context embedding (pathway lengths, vocab)
@@ -141,68 +239,17 @@ DEFAULTS: dict = {
         "holdout": 0.1,                   # first day only (no earlier model to judge next-day): last 10% of D by time
         "seed": 0,
     },
-    "rl": {                               # RL from sft(D) (onerec/rl.py, onerec/posttrain.py); RLConfig documents each
-        "algorithm": "gbpo",              # gbpo (V2) | ecpo (V1) | grpo (ratio clipping) | dpo (IPA, RM pairs)
-        "source": "feedback",             # feedback (logged exposures) | reward_model (rollouts) | hybrid (both)
-        "top_quantile": 0.25,             # tau_B: top 25% of q in the batch are positive
-        "ties": "rank",                   # q tied at tau_B: rank (top 25% by q, then play time) | strict (q > tau_B)
-        "gen_loss_weight": 1.0,           # + generation loss on the logged samples: stay near the SFT model
-        "rollout_users": 8,               # users per batch with on-policy rollouts (reward_model / hybrid / dpo)
-        "group_size": 4,                  # rollouts per user
-        "format_samples": 0,              # unconstrained samples per rollout user for the format reward
-        "cold_start_bonus": 0.0,          # business reward hook (also: business_reward: "module:function")
-        "train": {"max_steps": 100, "batch_size": 64, "lr": 1e-4, "warmup_steps": 5, "ckpt_every": 50},
+    "rl": {                               # RL from sft(D) (onerec/rl.py, onerec/posttrain.py)
+        **dataclass_defaults("rl", "RLConfig"),   # every RLConfig field, documented there; the daily
+        "source": "feedback",             #   pipeline's own choices where they differ from RLConfig's
+        "rollout_users": 8,
+        "group_size": 4,
+        "train": {**TRAIN, "max_steps": 100, "lr": 1e-4, "warmup_steps": 5},
     },
-    "evaluate": {                         # offline metrics through beam search (components/evaluate.py)
-        "protocol": "next_day",           # next_day: the newest model before D on day D | loo: last sample per user
-        "targets": "positive",            # truth = liked/followed/80%-watched items | all impressed items
-        "ks": [1, 5, 10, 50],             # Recall/HR/NDCG/coverage/cold share/cluster density @K
-        "beam_size": 128,                 # beam width (>= max(ks)); up to 512
-        "batch_size": 64,                 # requests per beam-search batch
-        "max_users": 5000,                # a stable (hashed) subset of the day's users beyond this
-        "cold_start_days": 1,             # cold-start item: first seen within the last N days (1 = on D)
-        "lookback_days": 30,              # how far back to look for the newest earlier model
-        "check_unconstrained": True,      # also decode without the trie to measure the model's invalid-SID rate
-        "compare_champion": True,         # evaluate the registry's champion on the same users when it exists
-        "registered_model": "onerec",     # MLflow registered model name ...
-        "champion_alias": "champion",     # ... and the alias of the current champion
-    },
-    "online_validate": {                  # A/B replay over HTTP (components/online_validate.py, onerec/online.py)
-        "enabled": True,                  # false: a skipped blessing, promote applies offline gates only
-        "max_requests": 500,              # logged requests of D replayed (a stable hashed subset beyond this)
-        "challenger_share": 0.5,          # users (salted hash) sent to the challenger; the rest to the champion
-        "salt": "onerec-ab",              # change it to draw a new user split
-        "n": 10,                          # items per response
-        "slate": 6,                       # the exposed page: metrics and written-back impressions use the top 6
-        "beam_size": 64,
-        "warmup": 3,                      # uncounted requests per arm first (a fresh process is cold)
-        "timeout_s": 30.0,                # per request; a timeout counts as an error
-        "start_timeout_s": 120.0,         # a service not healthy by then fails the stage (retryable)
-        "confidence": 0.95,               # interval level of every mean and difference
-        "tolerance": 0.05,                # a guarded metric fails when its whole interval of challenger - champion
-                                          #   lies beyond 5% of the champion's mean in the worse direction
-        "guards": {"stay_time_s": "higher", "like": "higher", "follow": "higher", "comment": "higher",
-                   "forward": "higher", "dislike": "lower"},
-        "latency_p99_ms": 250.0,          # the challenger's p99 over HTTP
-        "max_error_rate": 0.0,
-        "write_back": True,               # the challenger's pages -> served_impressions (ingest(D+1) adds them)
-        "simulator_concentration": 4.0,   # simulated q ~ Beta(k * q_hat, k * (1 - q_hat)) around the prediction
-        "seed": 0,
-    },
-    "promote": {                          # gates before `champion` moves (components/promote.py); exit 3 if any fails
-        "registered_model": "onerec",     # MLflow registered model whose aliases move
-        "tolerances": {                   # relative gates vs the champion (same users, evaluate(D)): fail when
-            "recall_at_10": 0.01,         #   candidate < champion - tolerance (absolute metric units)
-            "ndcg_at_10": 0.01,
-            "hr_at_10": 0.01,
-        },
-        "max_invalid_rate": 0.0,          # absolute gate: invalid SIDs from constrained beam search (and online)
-        "min_users": 1,                   # absolute gate: evaluated on at least this many users
-        "allow_same_day": True,           # promote a model scored on its own training day (only the very first day)
-        "latency_p99_ms": 250.0,          # online gate (when online_validate ran): challenger p99 latency SLO; null = off
-        "max_error_rate": 0.0,            # online gate: share of failed requests
-        "report_days": 7,                 # the run report's trend window
-    },
+    "registry": section_defaults(RegistryConfig),
+    "evaluate": section_defaults(EvaluateConfig),
+    "online_validate": section_defaults(OnlineValidateConfig),
+    "promote": section_defaults(PromoteConfig),
 }
 
 

@@ -13,6 +13,7 @@ scientist needs the tracking server only, not the artifact store:
 from __future__ import annotations
 
 from onerec import tracking
+from onerec.config import DEFAULTS
 from onerec.errors import BadInput
 
 INPUT = "onerec.input."
@@ -123,7 +124,7 @@ def lineage(name: str, ref: str, tracking_uri: str | None = None, store_root: st
         if not {"onerec.pipeline", "onerec.date", "onerec.stage"} <= set(t):
             raise BadInput(f"{name}/{mv.version} has no training run: neither run_id nor onerec.* version tags")
         exp_id = (run.info.experiment_id if run else
-                  client.get_experiment_by_name("onerec").experiment_id)
+                  client.get_experiment_by_name(DEFAULTS["mlflow"]["experiment"]).experiment_id)
         run, _ = _upstream_run(client, exp_id, f"{t['onerec.pipeline']}/{t['onerec.date']}", t["onerec.stage"],
                                t.get("onerec.output_digest", "")[:16], store)
         if run is None:

@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from onerec.config import DEFAULTS
+
 BUNDLE_FILES = ("model.safetensors", "model.json", "trie.safetensors", "sids.parquet", "codebook.json")
 ARTIFACT_DIR = "onerec_model"
 
@@ -30,13 +32,12 @@ def load_policy(path: str | None = None) -> dict:
                       Path(__file__).resolve().parents[1] / "mlflow" / "registry_policy.yaml"):
         if candidate and Path(candidate).is_file():
             return yaml.safe_load(Path(candidate).read_text())
-    return {"registered_model": "onerec",
-            "aliases": {"champion": "champion", "challenger": "challenger", "previous": "previous"},
+    return {"aliases": {"champion": "champion", "challenger": "challenger", "previous": "previous"},
             "version_tags": {}, "run_tags": {}}
 
 
 POLICY = load_policy()
-DEFAULT_NAME = POLICY["registered_model"]
+DEFAULT_NAME = DEFAULTS["registry"]["model"]   # the registered model name lives in the config's `registry:` section
 ALIASES = POLICY["aliases"]
 CHAMPION, CHALLENGER, PREVIOUS = ALIASES["champion"], ALIASES["challenger"], ALIASES["previous"]
 VERSION_TAGS = tuple(POLICY.get("version_tags") or ())
@@ -98,7 +99,8 @@ def register(folder: Path, name: str = DEFAULT_NAME, *, run_id: str | None = Non
     if run_id is None and mlflow.active_run() is not None:
         run_id = mlflow.active_run().info.run_id
     if run_id is None:
-        exp = mlflow.get_experiment_by_name("onerec") or mlflow.get_experiment(mlflow.create_experiment("onerec"))
+        experiment = DEFAULTS["mlflow"]["experiment"]
+        exp = mlflow.get_experiment_by_name(experiment) or mlflow.get_experiment(mlflow.create_experiment(experiment))
         run_id = client.create_run(exp.experiment_id, run_name=f"register {name}").info.run_id
         client.set_terminated(run_id)
     client.log_artifacts(run_id, str(folder), artifact_path=ARTIFACT_DIR)
@@ -199,27 +201,28 @@ def record_alias_change(name: str, version: str, alias: str, *, action: str = "s
 
 
 def promote(name: str, version: str, *, why: str = "", metrics: dict | None = None,
-            tracking_uri: str | None = None) -> str | None:
-    """`version` becomes `champion`; the old champion becomes `previous`; `challenger` is removed when it
-    pointed at `version`. Every change is recorded as version tags. Returns the old champion's version."""
+            tracking_uri: str | None = None, champion: str = CHAMPION) -> str | None:
+    """`version` becomes `champion` (the alias; config `registry.champion_alias`); the old champion becomes
+    `previous`; `challenger` is removed when it pointed at `version`. Every change is recorded as version tags.
+    Returns the old champion's version."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    old = resolve_alias(name, CHAMPION, tracking_uri)
+    old = resolve_alias(name, champion, tracking_uri)
     old_version = None if old is None else str(old.version)
     if old_version is not None and old_version != str(version):
         old_previous = resolve_alias(name, PREVIOUS, tracking_uri)
         client.set_registered_model_alias(name, PREVIOUS, old_version)
-        record_alias_change(name, old_version, PREVIOUS, why=f"replaced as {CHAMPION} by version {version}: {why}",
+        record_alias_change(name, old_version, PREVIOUS, why=f"replaced as {champion} by version {version}: {why}",
                             replaced=None if old_previous is None else str(old_previous.version),
                             tracking_uri=tracking_uri)
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    record_alias_change(name, version, CHAMPION, why=why, metrics=metrics, replaced=old_version,
+    client.set_registered_model_alias(name, champion, str(version))
+    record_alias_change(name, version, champion, why=why, metrics=metrics, replaced=old_version,
                         tracking_uri=tracking_uri)
     challenger = resolve_alias(name, CHALLENGER, tracking_uri)
     if challenger is not None and str(challenger.version) == str(version):
         client.delete_registered_model_alias(name, CHALLENGER)
-        record_alias_change(name, version, CHALLENGER, action="removed", why=f"promoted to {CHAMPION}",
+        record_alias_change(name, version, CHALLENGER, action="removed", why=f"promoted to {champion}",
                             tracking_uri=tracking_uri)
     return old_version
 

@@ -136,7 +136,11 @@ def test_registry_policy_is_what_the_code_uses():
     assert set(policy["aliases"]) == {"champion", "challenger", "previous"}
     assert (model_registry.CHAMPION, model_registry.CHALLENGER, model_registry.PREVIOUS) == tuple(
         policy["aliases"][k] for k in ("champion", "challenger", "previous"))
-    assert model_registry.DEFAULT_NAME == policy["registered_model"]
+    from onerec.config import DEFAULTS
+
+    assert "registered_model" not in policy  # one source for the name: the config's registry section
+    assert model_registry.DEFAULT_NAME == DEFAULTS["registry"]["model"]
+    assert DEFAULTS["registry"]["champion_alias"] == policy["aliases"]["champion"]
     assert set(model_registry.VERSION_TAGS) == set(policy["version_tags"])
     server = yaml.safe_load((REPO / "mlflow" / "server.yaml").read_text())
     assert server["server"]["port"] == 5000 and server["server"]["serve_artifacts"] is True
