@@ -1,6 +1,7 @@
 # Two commands set up everything on a fresh machine:
 #   make demo   -> venv + install + the daily pipeline on the embedded synthetic world for 3 dates
 #   make test   -> venv + install + the test suite
+#   make lint   -> ruff over the whole tree (config in pyproject.toml); .ci/run runs it before the tests
 VENV    ?= .venv
 PYTHON  ?= python3.11
 UV_VERSION := 0.13.9
@@ -29,6 +30,9 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache
