@@ -127,6 +127,11 @@ STAGES: tuple[Stage, ...] = (
 
 BY_NAME = {s.name: s for s in STAGES}
 
+# The stage images (docker/cpu.Dockerfile, docker/gpu.Dockerfile); production names its own with ONEREC_IMAGE /
+# ONEREC_GPU_IMAGE. A stage with a "gpu" resource runs the GPU image.
+IMAGE = "onerec-cpu:0.1.0"
+GPU_IMAGE = "onerec-gpu:0.1.0"
+
 
 def get(name: str) -> Stage:
     try:
@@ -137,3 +142,15 @@ def get(name: str) -> Stage:
 
 def stages_for(pipeline: str) -> list[Stage]:
     return [s for s in STAGES if pipeline in s.pipelines]
+
+
+def stages_until(pipeline: str, until: str | None = None) -> list[Stage]:
+    """The pipeline's stages up to and including `until` (all of them when None): `--until` of the local
+    runner, `params.until` of the Airflow DAGs. An unknown stage is BadInput."""
+    stages = stages_for(pipeline)
+    if not until:
+        return stages
+    names = [s.name for s in stages]
+    if until not in names:
+        raise BadInput(f"--until {until!r} is not a stage of pipeline {pipeline!r}: {', '.join(names)}")
+    return stages[: names.index(until) + 1]

@@ -10,7 +10,7 @@ import sys
 import time
 
 from components.contract import check_date, run_stage
-from components.registry import stages_for
+from components.registry import stages_until
 from onerec.config import resolved
 from onerec.errors import BadInput, GateFailed
 
@@ -24,12 +24,7 @@ def date_range(start: str, end: str) -> list[str]:
 
 def run_pipeline(config: dict, start: str, end: str, *, force: bool = False, until: str | None = None) -> int:
     dates = date_range(start, end)
-    stages = stages_for(config["pipeline"])
-    if until:   # e.g. backfill features only: every stage up to and including `until`
-        names = [s.name for s in stages]
-        if until not in names:
-            raise BadInput(f"--until {until!r} is not a stage of pipeline {config['pipeline']!r}: {', '.join(names)}")
-        stages = stages[: names.index(until) + 1]
+    stages = stages_until(config["pipeline"], until)   # e.g. backfill features only: --until features
     for date in dates:
         for stage in stages:
             t0 = time.time()

@@ -32,10 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from components.registry import GPU_IMAGE as DEFAULT_GPU_IMAGE  # noqa: E402  (what the checked-in YAML uses)
+from components.registry import IMAGE as DEFAULT_IMAGE  # noqa: E402
 from components.registry import Stage, stages_for  # noqa: E402
-
-DEFAULT_IMAGE = "onerec-cpu:0.1.0"       # docker/cpu.Dockerfile; what the checked-in YAML uses
-DEFAULT_GPU_IMAGE = "onerec-gpu:0.1.0"   # docker/gpu.Dockerfile
 BASE_IMAGE = os.environ.get("ONEREC_IMAGE", DEFAULT_IMAGE)
 GPU_IMAGE = os.environ.get("ONEREC_GPU_IMAGE", DEFAULT_GPU_IMAGE)
 ACCELERATOR = "nvidia.com/gpu"
@@ -53,6 +52,8 @@ def run_stage(stage: str, date: str, pipeline: str, config_path: str, overrides:
     from collections import namedtuple
     from pathlib import Path
 
+    from onerec.errors import EXIT_BAD_INPUT, EXIT_GATE, EXIT_OK   # imported here: KFP ships this function's body
+
     class GateNotPassed(RuntimeError):
         """Exit 3: a quality gate said no; nothing downstream may run."""
 
@@ -64,10 +65,10 @@ def run_stage(stage: str, date: str, pipeline: str, config_path: str, overrides:
             "--digest-file", str(out / "digest"), "--gate-file", str(out / "gate")]
     print(f"upstream digests: {upstream_digest or '-'}\n$ {' '.join(cmd)}", flush=True)
     code = subprocess.run(cmd).returncode
-    if code == 3:
+    if code == EXIT_GATE:
         raise GateNotPassed(f"{stage} {date}: gate not passed (exit 3); downstream does not run")
-    if code != 0:
-        kind = "bad data or request" if code == 2 else "failed"
+    if code != EXIT_OK:
+        kind = "bad data or request" if code == EXIT_BAD_INPUT else "failed"
         raise RuntimeError(f"{stage} {date}: {kind} (exit {code})")
     return namedtuple("Outputs", ["digest", "gate"])((out / "digest").read_text(), (out / "gate").read_text())
 

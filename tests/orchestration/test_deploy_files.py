@@ -117,7 +117,7 @@ def test_kubernetes_files_parse_and_agree_with_the_dags():
     assert yaml.safe_load(config)["store"]["root"].startswith("s3://")
     assert ("Secret", "onerec-env") in onerec and ("ConfigMap", "onerec-env") in onerec  # the pods' env_from
     assert ("ServiceAccount", "onerec-stage") in onerec
-    dag_source = (REPO / "dags" / "onerec_daily.py").read_text()
+    dag_source = (REPO / "dags" / "onerec_tasks.py").read_text()   # the DAG file's task helpers
     assert 'K8S_CONFIG = "/etc/onerec/onerec.yaml"' in dag_source  # the ConfigMap key, mounted there
     values = docs["helm/airflow-values.yaml"][0]
     env = {e["name"]: e["value"] for e in values["env"]}
