@@ -1,4 +1,4 @@
-"""The stage contract (DESIGN.md): `onerec run <stage> --date D` semantics, shared by every stage.
+"""The stage contract (docs/contract.md): `onerec run <stage> --date D` semantics, shared by every stage.
 
 1. resolve config; refuse a date whose upstream stages have no `_SUCCESS` (exit 2);
 2. key = (input digests of upstream outputs + external inputs, hash of the stage's config sections);

@@ -107,8 +107,9 @@ class RMSNorm(nn.Module):
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             if torch.is_grad_enabled():     # training: the same formula in one autograd node
                 return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-            # inference (decoding: ~40 norms of <= a few hundred rows per request): on CPU F.rms_norm makes ~6
-            # passes over x; one dot product per row and two scalings (unit_rms) are ~1 ms less per request
+            # inference (decoding: many norms of a few hundred rows at most per request): on CPU F.rms_norm makes
+            # several passes over x, one dot product per row and two scalings (unit_rms) fewer; the measurement is in
+            # benchmarks/results/serving-changelog.md
             return unit_rms(x, self.eps).mul_(self.weight * math.sqrt(x.shape[-1]))
         # reduced precision (bf16 autocast): normalise in float32 and return x's dtype. Multiplying a bf16 result
         # by the float32 weight would promote it to float32: the context K/V, read by every decoder layer, would
