@@ -144,6 +144,9 @@ class MoE(nn.Module):
         self.shared = nn.ModuleList(SwiGLU(cfg.d_model, cfg.expert_dim) for _ in range(cfg.n_shared_experts))
         self.register_buffer("bias", torch.zeros(cfg.n_experts))
         self.register_buffer("load", torch.zeros(cfg.n_experts))  # tokens routed per expert since last update
+        # FSDP reduce-scatters a block's gradients as one flat buffer, so every rank must give every expert a
+        # gradient: train.wrap sets this under FSDP and an expert with no token here runs on zero tokens.
+        self.every_expert = False
 
     def forward(self, x):
         shape = x.shape
@@ -157,7 +160,7 @@ class MoE(nn.Module):
         if self.training:
             self.load += counts.to(self.load.dtype)
         for e, expert in enumerate(self.experts):
-            if counts[e] == 0:
+            if counts[e] == 0 and not self.every_expert:
                 continue
             token, slot = torch.nonzero(chosen == e, as_tuple=True)
             out = out.index_add(0, token, expert(x[token]) * gates[token, slot, None])

@@ -137,6 +137,39 @@ def set_rng_state(tensors: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _is_dtensor(x) -> bool:
+    return type(x).__name__ == "DTensor"
+
+
+def optimizer_state_dict(optimizer) -> dict:
+    """The optimizer's FULL state dict, on every rank: FSDP2 keeps each slot (exp_avg, ...) as a DTensor
+    shard, and `full_tensor()` all-gathers it (a collective: every rank calls this, in the same order)."""
+    sd = optimizer.state_dict()
+    state = {idx: {name: (v.full_tensor() if _is_dtensor(v) else v).detach().cpu() if torch.is_tensor(v) else v
+                   for name, v in slots.items()} for idx, slots in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state_dict(optimizer, full: dict) -> None:
+    """Load a FULL optimizer state (as saved by `Checkpoints`) into an optimizer whose parameters may be
+    FSDP-sharded DTensors: every rank read the same full tensors, so each keeps its own shard
+    (`distribute_tensor(..., src_data_rank=None)`: no communication, nothing pickled between ranks)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = {}
+    for idx, slots in full["state"].items():
+        p = params[int(idx)]
+        state[int(idx)] = {name: _shard_like(v, p) for name, v in slots.items()}
+    optimizer.load_state_dict({"state": state, "param_groups": full["param_groups"]})
+
+
+def _shard_like(value, param):
+    if not (_is_dtensor(param) and torch.is_tensor(value) and tuple(value.shape) == tuple(param.shape)):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
 class Checkpoints:
     """`<prefix>/step-00000050/{model,optimizer,rng}.safetensors + state.json + COMPLETE` in an artifact store.
     COMPLETE is written last; only complete checkpoints are resumed from."""
@@ -149,8 +182,13 @@ class Checkpoints:
         return sorted(int(k.split("/")[-2].split("-")[1]) for k in done)
 
     def save(self, step: int, model_state: dict, optimizer, scheduler, position: dict, extra: dict) -> None:
+        """`optimizer`: the optimizer itself, or its full (unsharded) state dict, which under FSDP every rank
+        gathers with `optimizer_state_dict` before rank 0 saves (rank 0's own `state_dict()` is one shard)."""
         d = f"{self.prefix}/step-{step:08d}"
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        opt_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        if any(_is_dtensor(v) for slots in opt_state["state"].values() for v in slots.values()):
+            raise ValueError("sharded optimizer state: gather it with onerec.train.optimizer_state_dict first")
+        opt_tensors, opt_meta = _flatten_optimizer(opt_state)
         self.store.write_bytes(f"{d}/model.safetensors", st_save({k: v.contiguous() for k, v in model_state.items()}))
         self.store.write_bytes(f"{d}/optimizer.safetensors", st_save(opt_tensors))
         self.store.write_bytes(f"{d}/rng.safetensors", st_save(rng_state()))
@@ -204,6 +242,8 @@ def wrap(model: torch.nn.Module, cfg: TrainConfig, world: int, device: torch.dev
     if world > 1 and cfg.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        for m in getattr(model, "moe_layers", lambda: [])():
+            m.every_expert = True      # an expert unused on one rank still needs a (zero) gradient there
         for block in getattr(model, "blocks", []):
             fully_shard(block)
         model = fully_shard(model)
@@ -259,9 +299,10 @@ def train(model: torch.nn.Module, stream: ParquetStream, cfg: TrainConfig, ckpt:
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
+    sharded = world > 1 and cfg.strategy == "fsdp"
     if pending is not None:
         opt_state, rngs, state = pending
-        optimizer.load_state_dict(opt_state)
+        load_optimizer_state_dict(optimizer, opt_state)
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(rngs)
     peak = cfg.peak_flops or measured_peak_flops(device)
@@ -300,8 +341,10 @@ def train(model: torch.nn.Module, stream: ParquetStream, cfg: TrainConfig, ckpt:
             t_log, samples_log = time.perf_counter(), 0
         if ckpt is not None and (step % cfg.ckpt_every == 0 or step == cfg.max_steps):
             state = full_state_dict(model, world, cfg)
+            # under FSDP every rank holds a shard of the optimizer state: gather it on all ranks (collective)
+            opt_state = optimizer_state_dict(optimizer) if sharded else optimizer
             if rank == 0:
-                ckpt.save(step, state, optimizer, scheduler, position, {"train_config": asdict(cfg)})
+                ckpt.save(step, state, opt_state, scheduler, position, {"train_config": asdict(cfg)})
             if world > 1:
                 torch.distributed.barrier()
         if stop_after is not None and step >= stop_after:

@@ -1,6 +1,7 @@
 """A tiny training job run in subprocesses by test_train.py (kill -9 / resume, two gloo ranks).
 
-usage: python train_job.py DATA.parquet OUT_DIR [--kill-at STEP] [--batch N] [--steps N]
+usage: python train_job.py DATA.parquet OUT_DIR [--kill-at STEP] [--batch N] [--steps N] [--strategy ddp|fsdp]
+                            [--stop-after STEP]
 """
 import argparse
 import json
@@ -36,12 +37,13 @@ def main():
     ap.add_argument("data"), ap.add_argument("out")
     ap.add_argument("--kill-at", type=int), ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--strategy", default="ddp"), ap.add_argument("--stop-after", type=int)
     a = ap.parse_args()
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
     model = M.OneRec(CFG)
     cfg = TrainConfig(max_steps=a.steps, batch_size=a.batch, lr=3e-3, warmup_steps=4, ckpt_every=5, log_every=1,
-                      peak_flops=1e9)
+                      peak_flops=1e9, strategy=a.strategy)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     stream = ParquetStream([a.data], cfg.batch_size, collate, seed=1, rank=rank, world=world)
     ckpt = Checkpoints(LocalStore(a.out), "ckpt")
@@ -50,8 +52,8 @@ def main():
         if step == a.kill_at:
             os.kill(os.getpid(), 9)
 
-    result = train(model, stream, cfg, ckpt, on_log=on_log, progress=False)
-    if rank == 0:
+    result = train(model, stream, cfg, ckpt, on_log=on_log, progress=False, stop_after=a.stop_after)
+    if rank == 0 and a.stop_after is None:
         save_file(result["state_dict"], str(Path(a.out) / "final.safetensors"))
         (Path(a.out) / "result.json").write_text(json.dumps({"losses": result["losses"],
                                                              "resumed_from": result["resumed_from"]}))
