@@ -11,7 +11,10 @@ challenger and the rest to the champion. Each request is `{"user_id", "as_of_ms"
 service reads the context built strictly before the request (features(D) samples), leak-free.
 
 Per arm: client-side latency p50/p99, error rate, invalid rate (a served item whose SID is not the arm's own),
-and per request, over the exposed page (the top `slate` items): the reward model(D) as user-response simulator
+and per request, over the exposed page (the top `slate` items), the users' responses from a simulator. With
+`data.source: synthetic` that is the world itself (onerec.data.synthetic.WorldSimulator: the true response model
+that generated the logs; stay time = the sum of drawn play times). For logged real data there is no ground truth
+and the reward model(D) stands in
 (stay-time proxy = sum of predicted play time, where the predicted watch-time percentile q is mapped to play time
 through the day's play-time quantiles in the item's duration bucket; expected likes, follows, comments, forwards,
 dislikes), plus the logged-replay estimate (logged items of the request that the arm also served, and their
@@ -109,7 +112,13 @@ def run(ctx) -> dict:
     tables = {"challenger": SidTable.from_table(tokenize_dir.read_table("sids")), "champion": champion_sids}
     pages = _pages(served, tables, slate)
     play_map = _play_time_map(ctx, impressions)
-    scores, pairs = _simulate(ctx, reqs, pages, samples, play_map)
+    world = world_simulator(ctx)
+    if world is not None:
+        scores, pairs = _simulate_world(ctx, world, reqs, pages)
+    else:
+        scores, pairs = _simulate(ctx, reqs, pages, samples, play_map)
+    simulator = "reward_model" if world is None else "world"
+    mlflow.set_tag("onerec.ab_simulator", simulator)
     arms, per_request = {}, {}
     confidence = float(s.get("confidence", 0.95))
     for arm in services:
@@ -123,7 +132,7 @@ def run(ctx) -> dict:
     blessed, reasons = online.bless(arms, diffs, s)
     blessing = {"blessed": bool(blessed), "reasons": reasons, "date": ctx.date, "challenger_model": challenger,
                 "champion_version": None if champion is None else f"{champion.name}/{champion.version}",
-                "requests": int(len(reqs.ts)), "confidence": confidence, "simulator": "reward_model",
+                "requests": int(len(reqs.ts)), "confidence": confidence, "simulator": simulator,
                 "split": {"salt": salt, "challenger_share": float(s.get("challenger_share", 0.5))},
                 "n": n, "slate": slate, "beam_size": beam, "arms": arms, "differences": diffs}
     ctx.out.write_json("blessing.json", blessing)
@@ -181,6 +190,58 @@ def _play_time_map(ctx, impressions):
                               unit_ms=float(reward.get("unit_ms", 1000)))
 
 
+def world_simulator(ctx):
+    """The ground truth when there is one: the synthetic source's own response model (onerec.data.synthetic);
+    None for logged real data, where the reward model(D) stands in for the users (`online_validate.simulator`:
+    auto = the world when there is one, or reward_model / world explicitly)."""
+    data, choice = ctx.config.get("data") or {}, ctx.section.get("simulator", "auto")
+    if choice not in ("auto", "world", "reward_model"):
+        raise BadInput(f"online_validate.simulator must be auto, world or reward_model, got {choice!r}")
+    if choice == "world" and data.get("source") != "synthetic":
+        raise BadInput("online_validate.simulator=world needs data.source=synthetic (no ground truth for logged data)")
+    if choice == "reward_model" or data.get("source") != "synthetic":
+        return None
+    from onerec.data.synthetic import WorldSimulator
+
+    return WorldSimulator(**(data.get("options") or {}))
+
+
+def _page_pairs(pages):
+    import numpy as np
+
+    page_of = np.repeat(np.arange(len(pages)), [len(p["items"]) for p in pages]).astype(np.int64)
+    item = np.concatenate([p["items"] for p in pages] + [np.zeros(0, np.int64)])
+    return page_of, item
+
+
+def _logged_replay(per, reqs, pages):
+    for k, p in enumerate(pages):
+        logged = reqs.logged[p["request"]]
+        hit = [int(i) for i in p["items"] if int(i) in logged]
+        per["logged_hits"][k] = len(hit)
+        per["logged_play_s"][k] = sum(float(logged[i]["play_time_ms"]) for i in hit) / 1000.0
+
+
+def _simulate_world(ctx, world, reqs, pages) -> tuple[dict, dict]:
+    """Like `_simulate`, with the world's own responses (one seeded draw per served (request, item) at the request's
+    time) instead of reward-model predictions: the true stay time and interactions of each page."""
+    import numpy as np
+
+    from onerec.reward_model import TASKS
+    from onerec.schemas import DAY_MS, day_start_ms
+
+    page_of, item = _page_pairs(pages)
+    request = np.array([p["request"] for p in pages], np.int64)[page_of] if len(page_of) else page_of
+    seed = [int(ctx.section.get("seed", 0)), day_start_ms(ctx.date) // DAY_MS, 1]
+    resp = world.respond(reqs.user_id[request], item, reqs.ts[request], seed=seed)
+    per = {k: np.zeros(len(pages)) for k in ("stay_time_s", *TASKS[1:], "logged_hits", "logged_play_s")}
+    np.add.at(per["stay_time_s"], page_of, resp["play_time_ms"] / 1000.0)
+    for name in TASKS[1:]:
+        np.add.at(per[name], page_of, resp[name].astype(np.float64))
+    _logged_replay(per, reqs, pages)
+    return per, {"page": page_of, "item": item, "duration": resp["duration_ms"].astype(np.float64), "world": resp}
+
+
 def _simulate(ctx, reqs, pages, samples, play_map) -> tuple[dict, dict]:
     """(per served request: reward-model predictions summed over its page and the logged-replay estimates,
     per (request, item) pair: the predictions behind them)."""
@@ -197,8 +258,7 @@ def _simulate(ctx, reqs, pages, samples, play_map) -> tuple[dict, dict]:
     sids = SidTable.from_table(ctx.upstream("tokenize").read_table("sids"))
     items = ctx.upstream("ingest").read_table("items")
     dur_of = dict(zip(items["item_id"].to_numpy().tolist(), items["duration_ms"].to_numpy().tolist()))
-    page_of = np.repeat(np.arange(len(pages)), [len(p["items"]) for p in pages]).astype(np.int64)
-    item = np.concatenate([p["items"] for p in pages] + [np.zeros(0, np.int64)])
+    page_of, item = _page_pairs(pages)
     contexts = Contexts(samples)     # the service's own lookup: the context as of each request's time
     rows = contexts.rows(reqs.user_id, reqs.ts)[np.array([p["request"] for p in pages], np.int64)][page_of] \
         if len(page_of) else page_of
@@ -219,11 +279,7 @@ def _simulate(ctx, reqs, pages, samples, play_map) -> tuple[dict, dict]:
     np.add.at(per["stay_time_s"], page_of, play / 1000.0)
     for t, name in enumerate(TASKS[1:], start=1):
         np.add.at(per[name], page_of, probs[:, t])
-    for k, p in enumerate(pages):
-        logged = reqs.logged[p["request"]]
-        hit = [int(i) for i in p["items"] if int(i) in logged]
-        per["logged_hits"][k] = len(hit)
-        per["logged_play_s"][k] = sum(float(logged[i]["play_time_ms"]) for i in hit) / 1000.0
+    _logged_replay(per, reqs, pages)
     return per, {"page": page_of, "item": item, "probs": probs, "duration": duration}
 
 
@@ -248,10 +304,13 @@ def _served_impressions(ctx, reqs, served, pages, pairs, play_map):
         logged = reqs.logged[p["request"]]
         r = p["request"]
         for pos, (j, gen) in enumerate(zip(mine, p["gen_prob"])):
-            item, dur, pr = int(pairs["item"][j]), float(pairs["duration"][j]), pairs["probs"][j]
+            item, dur = int(pairs["item"][j]), float(pairs["duration"][j])
             if item in logged:            # the user saw this very item in the logged request: their real response
                 fb = {f: int(logged[item][f]) for f in online.FEEDBACK}
-            else:                         # the simulator: q ~ Beta around the predicted percentile, flags ~ Bernoulli
+            elif "world" in pairs:        # the ground truth's own response to this page
+                fb = {f: int(pairs["world"][f][j]) for f in online.FEEDBACK}
+            else:
+                pr = pairs["probs"][j]    # the reward model: q ~ Beta around the predicted percentile, flags ~ Bernoulli
                 qhat = float(np.clip(pr[0], 1e-3, 1 - 1e-3))
                 q = rng.beta(kappa * qhat, kappa * (1 - qhat))
                 play = int(play_map(np.array([q]), np.array([dur]))[0])
@@ -277,6 +336,9 @@ def ab_markdown(blessing: dict) -> str:
              f"challenger `{blessing['challenger_model']}` vs champion `{blessing['champion_version'] or 'none'}`; "
              f"{blessing['requests']} replayed requests, page of {blessing['slate']}, beam {blessing['beam_size']}, "
              f"{pct}% intervals", "",
+             "Simulator: " + ("**world**: the synthetic source's true response model drew every served item's play time "
+                              "and interactions" if blessing.get("simulator") == "world" else
+                              "**reward model**: reward_model(D)'s predictions (no ground truth for logged data)"), "",
              "| | challenger | champion |", "|---|---|---|"]
     ch, cp = arms["challenger"], arms.get("champion") or {}
     for k in ("requests", "served", "error_rate", "invalid_rate", "latency_p50_ms", "latency_p99_ms"):

@@ -125,6 +125,32 @@ def _until(fn, w: World, k: int) -> pd.DataFrame:
     return pd.concat([fn(w, j) for j in range(k + 1)], ignore_index=True)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the true response model: the logging below and WorldSimulator both draw from these, so a served page gets the
+# responses the world would have given
+
+def _affinity(u_vec: np.ndarray, i_vec: np.ndarray, quality: np.ndarray) -> np.ndarray:
+    return 4.0 * np.einsum("nd,nd->n", u_vec, i_vec) + quality - 0.5
+
+
+def _watch(w: World, rng, a: np.ndarray, dur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(play time ms, long view): the watched fraction falls with log duration and rises with affinity."""
+    n = len(a)
+    frac = _sigmoid(a - 0.6 * np.log(dur / (w.median_duration_s * 1000)) + rng.normal(0, 0.7, size=n))
+    frac = frac * (1 + 0.6 * (rng.random(n) < _sigmoid(a - 3)))    # replays of loved videos
+    skipped = rng.random(n) < _sigmoid(-a - 1.0)
+    play = np.where(skipped, np.minimum(dur, rng.integers(300, 3000, size=n)), dur * frac).astype(np.int64)
+    return play, frac > 0.8
+
+
+def _flags(rng, a: np.ndarray, long_view: np.ndarray) -> dict:
+    def bern(logit):
+        return (rng.random(len(a)) < _sigmoid(logit)).astype(np.int8)
+
+    return {"click": bern(a - 0.3), "like": bern(a - 4.5 + 1.5 * long_view), "follow": bern(a - 6.5),
+            "comment": bern(a - 5.5), "forward": bern(a - 6.0), "dislike": bern(-a - 5.0)}
+
+
 def _impressions(w: World, k: int, items: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     rng = np.random.default_rng([w.seed, 2, k])
     day0 = day_start_ms(w.start_date) + k * DAY_MS
@@ -145,20 +171,13 @@ def _impressions(w: World, k: int, items: pd.DataFrame, users: pd.DataFrame) -> 
 
     it = page.ravel()
     u_idx = np.repeat(req_user, P)
-    a = 4.0 * np.einsum("nd,nd->n", np.repeat(U, P, axis=0), V[it]) + quality[it] - 0.5
+    a = _affinity(np.repeat(U, P, axis=0), V[it], quality[it])
     dur = items["duration_ms"].to_numpy()[it]
-    frac = _sigmoid(a - 0.6 * np.log(dur / (w.median_duration_s * 1000)) + rng.normal(0, 0.7, size=len(it)))
-    frac = frac * (1 + 0.6 * (rng.random(len(it)) < _sigmoid(a - 3)))    # replays of loved videos
-    skipped = rng.random(len(it)) < _sigmoid(-a - 1.0)
-    play = np.where(skipped, np.minimum(dur, rng.integers(300, 3000, size=len(it))), dur * frac).astype(np.int64)
-
-    def bern(logit):
-        return (rng.random(len(it)) < _sigmoid(logit)).astype(np.int8)
-
+    play, long_view = _watch(w, rng, a, dur)
     req_ts = day0 + np.sort(rng.integers(0, DAY_MS - 3_600_000, size=R))  # requests spread over the day
     offset = np.cumsum(np.concatenate([np.zeros((R, 1)), play.reshape(R, P)[:, :-1] + 500], axis=1), axis=1)
     ts = np.minimum(np.repeat(req_ts, P) + offset.ravel().astype(np.int64), day0 + DAY_MS - 1)
-    long_view = frac > 0.8
+    flags = _flags(rng, a, long_view)
     df = pd.DataFrame({
         "user_id": users["user_id"].to_numpy()[u_idx],
         "item_id": items["item_id"].to_numpy()[it],
@@ -166,12 +185,7 @@ def _impressions(w: World, k: int, items: pd.DataFrame, users: pd.DataFrame) -> 
         "request_id": [f"{k}-{r}" for r in np.repeat(np.arange(R), P)],
         "play_time_ms": play,
         "duration_ms": dur.astype(np.int64),
-        "click": bern(a - 0.3),
-        "like": bern(a - 4.5 + 1.5 * long_view),
-        "follow": bern(a - 6.5),
-        "comment": bern(a - 5.5),
-        "forward": bern(a - 6.0),
-        "dislike": bern(-a - 5.0),
+        **flags,
         "source": np.where(is_random.ravel(), "random", "legacy"),
         "gen_prob": np.full(len(it), np.nan),
     })
@@ -194,3 +208,52 @@ def load(path=None, *, date: str | None = None, **options) -> Dataset:
     public = lambda df: df[[c for c in df.columns if not c.startswith("_")]].reset_index(drop=True)  # noqa: E731
     return Dataset(imps, public(items), public(users),
                    info={"source": "synthetic", "world": asdict(w), "day_index": k, "sliced": True})
+
+
+class WorldSimulator:
+    """The synthetic source's ground truth as a simulator: `respond(users, items, ts)` draws play time and the
+    interaction flags from the very response model that generated the logs (`_affinity`, `_watch`, `_flags`), so a
+    page served by any model is scored by the world, not by a model of it. Ids must exist at the given time (an
+    item or user that arrives later is an error, as it would be in a real log)."""
+
+    def __init__(self, **options):
+        fields = set(World.__dataclass_fields__)
+        unknown = set(options) - fields
+        if unknown:
+            raise BadInput(f"unknown synthetic option(s) {sorted(unknown)}; known: {sorted(fields)}")
+        self.world = World(**options)
+
+    def _day(self, ts_ms) -> int:
+        """The world's day index of the newest timestamp (the catalog and users as of then)."""
+        ts = np.asarray(ts_ms, np.int64)
+        newest = int(ts.max()) if len(ts) else day_start_ms(self.world.start_date)
+        k = (newest - day_start_ms(self.world.start_date)) // DAY_MS
+        if k < 0:
+            raise BadInput(f"world simulator: time {newest} ms is before the world's start_date {self.world.start_date}")
+        return int(k)
+
+    @functools.lru_cache(maxsize=4)
+    def _latent(self, k: int):
+        items, users = _until(_items_of_day, self.world, k), _until(_users_of_day, self.world, k)
+        return (np.stack(items["_vec"].to_numpy()), items["_quality"].to_numpy(), items["duration_ms"].to_numpy(),
+                np.stack(users["_vec"].to_numpy()))
+
+    def affinity(self, user_ids, item_ids, ts_ms) -> np.ndarray:
+        """The true affinity a = 4<u, v> + quality - 0.5 of each (user, item) at time ts (ids are row numbers of the
+        world's tables: both are numbered from 0 in arrival order)."""
+        users, items = np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)
+        k = self._day(ts_ms)
+        V, quality, _, U = self._latent(k)
+        if len(users) and (users.min() < 0 or users.max() >= len(U) or items.min() < 0 or items.max() >= len(V)):
+            raise BadInput(f"world simulator: a user or item id does not exist by day {k} of the world")
+        return _affinity(U[users], V[items], quality[items])
+
+    def respond(self, user_ids, item_ids, ts_ms, seed) -> dict[str, np.ndarray]:
+        """One draw of the world's response to each (user, item) impression at ts: play_time_ms, duration_ms,
+        click, like, follow, comment, forward, dislike. `seed` (int or sequence) fixes the draw."""
+        rng = np.random.default_rng(seed)
+        items = np.asarray(item_ids, np.int64)
+        a = self.affinity(user_ids, items, ts_ms)
+        dur = self._latent(self._day(ts_ms))[2][items].astype(np.float64)
+        play, long_view = _watch(self.world, rng, a, dur)
+        return {"play_time_ms": play, "duration_ms": dur.astype(np.int64), **_flags(rng, a, long_view)}

@@ -70,3 +70,41 @@ def test_dates_before_the_world_are_bad_requests():
 
     with pytest.raises(BadInput, match="before the synthetic world's start_date"):
         load(date="2025-12-31", **W)
+
+
+def test_world_simulator_draws_from_the_response_model_that_made_the_logs():
+    """The simulator's responses to the logged impressions match the logs in distribution (same model, fresh
+    draws); the true affinity orders items the way the responses do; ids that do not exist yet are refused."""
+    from onerec.data.synthetic import WorldSimulator
+    from onerec.errors import BadInput
+
+    imps = load(date="2026-01-03", **W).impressions
+    sim = WorldSimulator(**W)
+    users, items, ts = (imps[c].to_numpy() for c in ("user_id", "item_id", "ts"))
+    draws = [sim.respond(users, items, ts, seed=s) for s in range(5)]
+    n = len(imps)
+    for col in ("like", "click", "dislike"):
+        p = imps[col].mean()
+        sim_p = np.mean([d[col].mean() for d in draws])
+        assert abs(sim_p - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3, col
+    play, sim_play = imps["play_time_ms"].to_numpy(np.float64), np.mean([d["play_time_ms"].mean() for d in draws])
+    assert abs(sim_play - play.mean()) < 4 * play.std() / np.sqrt(n)
+    assert (draws[0]["duration_ms"] == imps["duration_ms"].to_numpy()).all()
+    again = sim.respond(users, items, ts, seed=0)
+    assert all((again[k] == draws[0][k]).all() for k in again)              # a seed fixes the draw
+
+    # pages of each user's truly best items get more stay time than random pages: the world rewards good models
+    catalog = load(date="2026-01-03", **W).items["item_id"].to_numpy()
+    some = np.unique(users)[:50]
+    aff = np.stack([sim.affinity(np.full(len(catalog), u), catalog, np.full(len(catalog), ts.max())) for u in some])
+    best = catalog[np.argsort(-aff, axis=1)[:, :6]].ravel()
+    rand = np.random.default_rng(0).choice(catalog, size=best.shape)
+    who, when = np.repeat(some, 6), np.full(len(best), ts.max())
+    stay_best = np.mean([sim.respond(who, best, when, seed=s)["play_time_ms"].sum() for s in range(3)])
+    stay_rand = np.mean([sim.respond(who, rand, when, seed=s)["play_time_ms"].sum() for s in range(3)])
+    assert stay_best > 1.5 * stay_rand
+
+    with pytest.raises(BadInput, match="does not exist"):
+        sim.respond([0], [catalog.max() + 1], [ts.max()], seed=0)     # an item that arrives later
+    with pytest.raises(BadInput, match="before the world's start_date"):
+        sim.respond([0], [0], [day_start_ms("2025-12-01")], seed=0)

@@ -80,6 +80,8 @@ def test_online_validate_serves_blesses_writes_back_and_never_leaves_a_server(pi
         assert s["lo"] <= s["mean"] <= s["hi"] and s["n"] == ch["served"]
     assert "no champion: absolute checks only" in blessing["reasons"]
     assert out.read_bytes("ab.png")[:4] == b"\x89PNG" and "| latency_p99_ms |" in out.read_bytes("ab.md").decode()
+    # the synthetic source has a ground truth: the world itself scored the pages, and ab.md says so
+    assert blessing["simulator"] == "world" and "Simulator: **world**" in out.read_bytes("ab.md").decode()
 
     # the challenger's pages as impressions of D+1: source model, gen_prob set, only challenger-arm users
     served = out.read_table("served_impressions")
@@ -99,6 +101,7 @@ def test_online_validate_serves_blesses_writes_back_and_never_leaves_a_server(pi
     again = run_cli("run", "online_validate", "--date", DAY, "--config", DEBUG_CONFIG, env=env, check=True)
     assert "up to date" in again.stdout + again.stderr
 
+
     # the loop closes: D+1's ingest carries exactly those impressions next to the logged ones (that features
     # keeps their source and gen_prob is tested in tests/data/test_features_reference.py)
     nxt = "2026-01-03"
@@ -108,3 +111,13 @@ def test_online_validate_serves_blesses_writes_back_and_never_leaves_a_server(pi
     from_model = imps.filter(pc.equal(imps["source"], "model"))
     assert sorted(zip(*(from_model[k].to_pylist() for k in key))) == sorted(zip(*(served[k].to_pylist() for k in key)))
     assert imps.num_rows > from_model.num_rows
+
+    # the reward model as simulator (what logged real data gets), asked for explicitly: a new result, labelled
+    run_cli("run", "online_validate", "--date", DAY, "--config", DEBUG_CONFIG, "--set",
+            "online_validate.simulator=reward_model", env=env, check=True)
+    rm = json.loads(out.read_bytes("blessing.json"))
+    assert rm["simulator"] == "reward_model" and "Simulator: **reward model**" in out.read_bytes("ab.md").decode()
+    assert rm["arms"]["challenger"]["metrics"]["stay_time_s"] != ch["metrics"]["stay_time_s"]
+    bad = run_cli("run", "online_validate", "--date", DAY, "--config", DEBUG_CONFIG, "--set",
+                  "online_validate.simulator=oracle", env=env)
+    assert bad.returncode == 2 and "online_validate.simulator" in bad.stderr
