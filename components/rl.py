@@ -41,6 +41,7 @@ def _first_seen(ctx) -> dict:
 
 def run(ctx) -> dict:
     import mlflow
+    import pyarrow.parquet as pq
     import torch
     from safetensors.torch import save as st_save
 
@@ -48,7 +49,7 @@ def run(ctx) -> dict:
     from components.contract import fault
     from components.common import training_days as _days
     from onerec.item.trie import SidTrie
-    from onerec.posttrain import RLObjective, collate_rl, items_per_sid
+    from onerec.posttrain import RLObjective, collate_rl, hold_out_newest, items_per_sid
     from onerec.samples import SidTable
     from onerec.train import Checkpoints, ParquetStream, train
 
@@ -66,7 +67,7 @@ def run(ctx) -> dict:
         raise BadInput(f"rl {ctx.date}: sft model was trained for another codebook than tokenize({ctx.date})")
     reward, rm_meta = load_reward_model(ctx.upstream("reward_model"))
     reward.requires_grad_(False)
-    uses_rm = rcfg.algorithm == "dpo" or rcfg.source in ("reward_model", "hybrid")
+    uses_rm = rcfg.needs_reward_model
     if uses_rm and rm_meta.get("codebook_digest") != codebook["digest"]:
         raise BadInput(f"rl {ctx.date}: the reward model was trained for another codebook")
     mcfg = policy.cfg
@@ -77,6 +78,11 @@ def run(ctx) -> dict:
     curves: dict[str, list] = {}
     with tempfile.TemporaryDirectory(prefix="onerec-rl-") as tmp:
         files, rows = prepare_files(ctx, sids, Path(tmp))
+        selection = None
+        if rcfg.select_every:
+            files, held = hold_out_newest(files, rcfg.validation_share, rcfg.validation_rows)
+            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            selection = Selection(ctx, policy, trie, sids, held, rcfg)
         if rows < tcfg.batch_size:
             raise BadInput(f"rl {ctx.date}: {rows} samples cannot fill one batch of {tcfg.batch_size}")
         stream = ParquetStream(files, tcfg.batch_size, lambda t: collate_rl(t, mcfg, sids, counts, rcfg, first_seen),
@@ -89,6 +95,8 @@ def run(ctx) -> dict:
         def on_log(step, metrics):
             metrics = {**metrics, **objective.pop_stats()}
             mlflow.log_metrics(metrics, step=step)
+            if selection is not None and step % rcfg.select_every == 0:
+                selection.consider(step, policy.state_dict())
             for k, v in metrics.items():
                 curves.setdefault(k, []).append((step, v))
             fault("rl", f"step{step}")
@@ -96,20 +104,75 @@ def run(ctx) -> dict:
         result = train(objective, stream, tcfg, ckpt, on_log=on_log)
 
     state = {k.removeprefix("policy."): v.contiguous() for k, v in result["state_dict"].items()}
+    picked = {}
+    if selection is not None:
+        selection.consider(result["steps"], state)
+        state, picked = selection.best()
+        mlflow.log_metrics({"selected_step": picked["selected_step"], "selected_score": picked["selected_score"]})
     ctx.out.write_bytes("model.safetensors", st_save(state))
     ctx.out.write_json("model.json", {**meta, "model_config": dataclasses.asdict(mcfg),
                                       "codebook_digest": codebook["digest"], "init": f"sft {ctx.date}",
                                       "trained_on": _days(ctx), "post_training": f"rl/{rcfg.algorithm}/{rcfg.source}"})
     ctx.out.write_json("train.json", {"train_config": dataclasses.asdict(tcfg), "rl_config": dataclasses.asdict(rcfg),
                                       "losses": result["losses"], "curves": curves,
-                                      "resumed_from": result["resumed_from"], "samples": rows})
+                                      "resumed_from": result["resumed_from"], "samples": rows,
+                                      "selection": None if selection is None else selection.history})
     mlflow.log_figure(_figure(curves, ctx.date, rcfg), "rl/curves.png")
     ckpt.clear()
+    if selection is not None:
+        selection.clear()
     last = {k: v[-1][1] for k, v in curves.items()}
     return {"final_loss": result["final_loss"], "steps": result["steps"], "train_samples": rows,
             "resumed_from_step": result["resumed_from"] or 0, "algorithm": rcfg.algorithm, "source": rcfg.source,
-            **{k: last[k] for k in ("grad_norm", "gen_loss", "filtered_share", "adv_mean", "n_feedback", "served_share",
-                                    "n_rollout", "rl_loss_feedback", "rl_loss_rollout", "rl_loss_dpo") if k in last}}
+            **picked, **{k: last[k] for k in ("grad_norm", "gen_loss", "filtered_share", "adv_mean", "n_feedback", "served_share",
+                                    "n_rollout", "n_groups", "n_dpo_pairs", "group_hit_share", "kl_ref", "rl_loss_feedback", "rl_loss_beam",
+                                    "rl_loss_rollout", "rl_loss_dpo") if k in last}}
+
+
+class Selection:
+    """Checkpoint selection (rl.select_every): the SFT model (step 0) and every select_every-th step are scored on
+    the held-out newest rows (onerec.posttrain.validation_score); the best weights so far live in the job's scratch
+    prefix (safetensors + best.json), so a resumed run keeps what the killed one had found."""
+
+    def __init__(self, ctx, policy, trie, sids, held, rcfg):
+        self.ctx, self.policy, self.trie, self.sids, self.held, self.rcfg = ctx, policy, trie, sids, held, rcfg
+        self.prefix = ctx.scratch("selection")
+        self.history: list = []
+        try:
+            self.record = json.loads(ctx.store.read_bytes(f"{self.prefix}/best.json"))
+            self.history = self.record.get("history", [])
+        except Exception:   # no earlier attempt: start by scoring the SFT model itself
+            self.record = None
+            self.consider(0, policy.state_dict())
+
+    def consider(self, step: int, state: dict) -> None:
+        import copy
+
+        from safetensors.torch import save as st_save
+
+        from onerec.posttrain import validation_score
+
+        if any(h["step"] == step for h in self.history):
+            return
+        probe = copy.deepcopy(self.policy)
+        probe.load_state_dict(state)
+        s = validation_score(probe, self.trie, self.sids, self.held, self.rcfg)
+        self.history.append({"step": step, **s})
+        if self.record is None or s["score"] > self.record["score"]:
+            self.ctx.store.write_bytes(f"{self.prefix}/model.safetensors",
+                                       st_save({k: v.detach().contiguous() for k, v in state.items()}))
+            self.record = {"step": step, "score": s["score"]}
+        self.ctx.store.write_bytes(f"{self.prefix}/best.json",
+                                   json.dumps({**self.record, "history": self.history}).encode())
+
+    def best(self) -> tuple[dict, dict]:
+        from safetensors.torch import load as st_load
+
+        state = st_load(self.ctx.store.read_bytes(f"{self.prefix}/model.safetensors"))
+        return state, {"selected_step": self.record["step"], "selected_score": self.record["score"]}
+
+    def clear(self) -> None:
+        self.ctx.store.delete_prefix(self.prefix)
 
 
 def _figure(curves: dict, date: str, rcfg):

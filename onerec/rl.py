@@ -6,7 +6,12 @@ The action o_i is a whole item: its semantic ID, then one of the items sharing t
 sharing rule of onerec.decoding), so
     pi_theta(o|u) = P_theta(SID | u) / n_items(SID),
 the same quantity the server logs as `gen_prob`; that makes the served probability a valid pi_old.
-Sequence level, not token level: pi_old is only known for the whole SID.
+Two ratio levels (`RLConfig.ratio`):
+  sequence: the ratio of that whole-item probability. It is tiny (1e-4 .. 1e-8), so GBPO's bound
+    1 / max(pi, 1 - pi) ~ 1 and a negative's gradient pi * grad log pi all but vanishes;
+  token: one ratio per SID level, pi_l = P_theta(s_l | u, s_<l), as V2's gradient analysis treats the policy
+    (each level is a softmax whose probabilities are not small, so the bounded negative gradient acts).
+    A logged gen_prob becomes per-level pi_old by spreading its log-ratio evenly over the levels.
 
 Every loss takes log pi_theta (with gradient), pi_old (NaN where unknown: a legacy/random exposure, then
 pi_old = sg(pi_theta) as the V2 paper prescribes) and advantages A, and averages over the samples that
@@ -23,13 +28,19 @@ import torch
 import torch.nn.functional as F
 
 ALGORITHMS = ("gbpo", "ecpo", "grpo", "dpo")
-SOURCES = ("feedback", "reward_model", "hybrid")
+SOURCES = ("beam", "feedback", "reward_model", "hybrid")
+RATIOS = ("token", "sequence")
 
 
 @dataclass
 class RLConfig:
-    algorithm: str = "gbpo"          # gbpo (V2) | ecpo (V1) | grpo (PPO ratio clipping) | dpo (V1 IPA, RM pairs)
-    source: str = "feedback"         # feedback: logged exposures | reward_model: on-policy rollouts | hybrid: both
+    algorithm: str = "gbpo"          # gbpo (V2) | ecpo (V1) | grpo (PPO ratio clipping) | dpo (IPA: chosen vs rejected)
+    # beam: per logged duration-aware positive (or dislike), a group of `group_size` distinct valid items from
+    #   trie-constrained beam search with the logged item injected, rank-aware rewards (MiniOneRec / ReRe);
+    # feedback: the logged exposures themselves as actions | reward_model: sampled rollouts scored by the
+    #   reward model | hybrid: feedback + reward_model
+    source: str = "beam"
+    ratio: str = "token"             # token: one ratio per SID level (V2's analysis) | sequence: P(SID) / n_items
     top_quantile: float = 0.25       # tau_B: positives are q above the batch's top-25% quantile (Sec. 3.1.1)
     ties: str = "rank"               # q tied at tau_B: rank (top 25% by q, then play time) | strict (q > tau_B only)
     clip_eps: float = 0.2            # epsilon of ECPO / GRPO clipping
@@ -37,8 +48,13 @@ class RLConfig:
     gen_loss_weight: float = 1.0     # generation (NTP) loss mixed in to stay near the SFT model
     rl_weight: float = 1.0           # weight of the feedback RL loss
     rollout_weight: float = 1.0      # weight of the rollout (reward-model) RL loss
-    rollout_users: int = 8           # users of each batch that get on-policy rollouts
-    group_size: int = 4              # G rollouts per user (advantage = reward normalised within the group)
+    rollout_users: int = 16          # samples of each batch that get a group (beam: logged positives/dislikes first)
+    group_size: int = 16             # G members per group (advantage = reward normalised within the group)
+    rank_penalty: float = 1.0        # beam: the non-target members share this negative reward, by 1 / log2(rank + 2)
+    kl_weight: float = 0.1           # + exact per-level KL(pi || reference) on the logged samples: the SFT anchor
+    select_every: int = 0            # checkpoint selection: score held-out rows every N steps, keep the best (0 = off)
+    validation_share: float = 0.1    # ...the newest 10% of the RL samples (by time) are held out for it
+    validation_rows: int = 256       # ...at most this many of them are scored (beam search, top 10)
     temperature: float = 1.0         # rollout sampling temperature
     dpo_beta: float = 0.1            # DPO temperature
     dpo_candidates: int = 16         # beam width whose best/worst (by P-score) form the preference pair
@@ -55,12 +71,23 @@ class RLConfig:
             raise ValueError(f"rl.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.source not in SOURCES:
             raise ValueError(f"rl.source must be one of {SOURCES}, got {self.source!r}")
+        if self.ratio not in RATIOS:
+            raise ValueError(f"rl.ratio must be one of {RATIOS}, got {self.ratio!r}")
         if self.ties not in ("rank", "strict"):
             raise ValueError(f"rl.ties must be 'rank' or 'strict', got {self.ties!r}")
         if not 0 < self.top_quantile < 1:
             raise ValueError(f"rl.top_quantile must be in (0, 1), got {self.top_quantile}")
         if self.group_size < 1 or self.rollout_users < 0 or self.ecpo_delta <= 0 or self.clip_eps <= 0:
             raise ValueError("rl: need group_size >= 1, rollout_users >= 0, ecpo_delta > 0, clip_eps > 0")
+        if self.source == "beam" and self.group_size < 2:
+            raise ValueError("rl.source=beam needs group_size >= 2 (the logged item and at least one competitor)")
+        if self.select_every < 0 or not 0 < self.validation_share < 1 or self.validation_rows < 1:
+            raise ValueError("rl: need select_every >= 0, 0 < validation_share < 1, validation_rows >= 1")
+
+    @property
+    def needs_reward_model(self) -> bool:
+        """Rollouts scored by the reward model (sources reward_model / hybrid), or DPO pairs ranked by it."""
+        return self.source in ("reward_model", "hybrid") or (self.algorithm == "dpo" and self.source != "beam")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -106,16 +133,37 @@ def shape_advantages(q, dislike, top: float = 0.25, ties: str = "strict", tiebre
     return adv, tau
 
 
+def beam_rewards(target_slot: np.ndarray, valid: np.ndarray, target_reward: np.ndarray,
+                 rank_penalty: float = 1.0) -> np.ndarray:
+    """(U, G) rewards of beam groups: the logged item's slot gets its logged reward (+1 duration-aware positive,
+    -1 dislike, plus business bonus); after a positive, the other members (beam order = rank) share
+    -rank_penalty in proportion to 1 / log2(rank + 2), so the competitors ranked above the logged positive are
+    pushed down hardest (MiniOneRec's rank-aware reward); after a dislike they get 0. Padding slots: NaN."""
+    U, G = valid.shape
+    w = 1.0 / np.log2(np.arange(G) + 2.0)
+    others = valid & (np.arange(G)[None] != target_slot[:, None])
+    share = np.where(others, w[None], 0.0)
+    share = share / np.maximum(share.sum(1, keepdims=True), 1e-12)
+    r = np.where(np.asarray(target_reward)[:, None] > 0, -rank_penalty * share, 0.0)
+    r[np.arange(U), target_slot] = target_reward
+    return np.where(valid, r, np.nan)
+
+
 def group_advantages(rewards: np.ndarray) -> np.ndarray:
     """(users, G) rollout rewards -> GRPO/ECPO advantages (r - mean) / std within each user's group;
-    a group with equal rewards carries no preference: 0."""
+    a group with equal rewards carries no preference: 0. NaN rewards (padding) take no part and get 0."""
     r = np.asarray(rewards, dtype=np.float64)
-    std = r.std(axis=1, keepdims=True)
-    return np.where(std > 1e-8, (r - r.mean(axis=1, keepdims=True)) / np.maximum(std, 1e-8), 0.0)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(np.where(np.isfinite(r), r, np.nan), axis=1, keepdims=True) if r.size else r
+        std = np.nanstd(np.where(np.isfinite(r), r, np.nan), axis=1, keepdims=True) if r.size else r
+    adv = np.where(std > 1e-8, (r - mean) / np.maximum(std, 1e-8), 0.0)
+    return np.where(np.isfinite(r), adv, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# policy losses; logp = log pi_theta(o|u) (grad), old_p = pi_old (no grad, NaN = unknown), adv = A
+# policy losses; logp = log pi_theta(o|u) (grad), old_p = pi_old (no grad, NaN = unknown), adv = A.
+# Sequence level: all three (N,). Token level: logp and old_p (N, L) (one entry per SID level), adv (N,) shared
+# by the levels of a sample; the loss is then the mean over the levels of the samples that carry a signal.
 
 def _old(logp: torch.Tensor, old_p: torch.Tensor) -> torch.Tensor:
     """pi_old, with sg(pi_theta) where the exposure did not come from our model (V2, 'Gradient Analysis')."""
@@ -124,7 +172,7 @@ def _old(logp: torch.Tensor, old_p: torch.Tensor) -> torch.Tensor:
 
 
 def _mean_over_signal(per_sample: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    keep = (adv != 0).to(per_sample.dtype)
+    keep = (adv != 0).to(per_sample.dtype).expand_as(per_sample)
     return (per_sample * keep).sum() / keep.sum().clamp(min=1.0)
 
 
@@ -156,14 +204,31 @@ def grpo_loss(logp, old_p, adv, eps: float = 0.2):
     return _mean_over_signal(-obj, adv)
 
 
+POLICY_LOSSES = {
+    "gbpo": lambda cfg, logp, old_p, adv: gbpo_loss(logp, old_p, adv),
+    "ecpo": lambda cfg, logp, old_p, adv: ecpo_loss(logp, old_p, adv, cfg.clip_eps, cfg.ecpo_delta),
+    "grpo": lambda cfg, logp, old_p, adv: grpo_loss(logp, old_p, adv, cfg.clip_eps),
+}
+
+
 def policy_loss(cfg: RLConfig, logp, old_p, adv):
-    if cfg.algorithm == "gbpo":
-        return gbpo_loss(logp, old_p, adv)
-    if cfg.algorithm == "ecpo":
-        return ecpo_loss(logp, old_p, adv, cfg.clip_eps, cfg.ecpo_delta)
-    if cfg.algorithm == "grpo":
-        return grpo_loss(logp, old_p, adv, cfg.clip_eps)
-    raise ValueError(f"{cfg.algorithm} is not a policy-gradient loss")
+    """The configured policy-gradient loss; token level when logp is (N, L) (adv broadcast over the levels)."""
+    if cfg.algorithm not in POLICY_LOSSES:
+        raise ValueError(f"{cfg.algorithm} is not a policy-gradient loss")
+    if logp.dim() == 2:
+        adv = adv.reshape(-1, 1)
+        old_p = old_p if old_p.dim() == 2 else torch.full_like(logp, float("nan"))
+    return POLICY_LOSSES[cfg.algorithm](cfg, logp, old_p, adv)
+
+
+def token_old(tok_logp: torch.Tensor, seq_logpi: torch.Tensor, old_p: torch.Tensor) -> torch.Tensor:
+    """Per-level pi_old (N, L) from a sequence-level pi_old (N,) (NaN = unknown): the log-ratio
+    log pi_old - log pi is spread evenly over the L levels, so the per-level ratios multiply to the sequence's."""
+    L = tok_logp.shape[1]
+    known = torch.isfinite(old_p) & (old_p > 0)
+    shift = (torch.log(torch.where(known, old_p, torch.ones_like(old_p))) - seq_logpi.detach()) / L
+    out = torch.exp(tok_logp.detach() + shift.reshape(-1, 1).to(tok_logp.dtype))
+    return torch.where(known.reshape(-1, 1), out, torch.full_like(out, float("nan")))
 
 
 def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float = 0.1):
@@ -174,12 +239,27 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float =
     return -F.logsigmoid(beta * margin).mean()
 
 
-def sid_logp(model, batch, sids: torch.Tensor, state: dict | None = None) -> torch.Tensor:
-    """log P_theta(SID | u) summed over levels, teacher-forced (with gradient). `sids` (B, L)."""
+def token_logp(model, batch, sids: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+    """(B, L) log P_theta(s_l | u, s_<l) per level, teacher-forced (with gradient). `sids` (B, L)."""
     state = model.encode(batch) if state is None else state
     h = model.decode(state, sids[:, :-1])
     logits = model.heads(h)
-    return sum(torch.log_softmax(lg.float(), -1).gather(1, sids[:, i:i + 1])[:, 0] for i, lg in enumerate(logits))
+    return torch.stack([torch.log_softmax(lg.float(), -1).gather(1, sids[:, i:i + 1])[:, 0]
+                        for i, lg in enumerate(logits)], dim=1)
+
+
+def sid_logp(model, batch, sids: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+    """log P_theta(SID | u) summed over levels, teacher-forced (with gradient). `sids` (B, L)."""
+    return token_logp(model, batch, sids, state).sum(1)
+
+
+def kl_to_reference(logits: list, ref_logits: list) -> torch.Tensor:
+    """Mean over samples and levels of the exact KL(pi || ref) of each level's next-token distribution."""
+    kls = []
+    for lg, rg in zip(logits, ref_logits):
+        lp, lq = torch.log_softmax(lg.float(), -1), torch.log_softmax(rg.float(), -1)
+        kls.append((lp.exp() * (lp - lq)).sum(-1).mean())
+    return torch.stack(kls).mean()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -207,3 +207,153 @@ def test_pi_old_comes_only_from_impressions_our_model_served():
     got = batch.gen_prob.numpy()
     assert got[0] == 0.25 and np.isnan(got[1:]).all()
     assert batch.n_items.tolist() == [7, 3, 7, 3, 7]        # items sharing each target SID
+
+
+# -- ECPO's early clip, token-level ratios ----------------------------------------------------------------
+
+def test_ecpo_early_clip_caps_a_served_negatives_ratio_where_grpo_does_not():
+    """pi / pi_old = 5 for a served negative: GRPO's min(rA, clip(r)A) keeps r = 5 (gradient 1 / pi_old = 10);
+    ECPO's pi'_old = max(sg(pi) / (1 + eps + delta), pi_old) caps r at 1.3 (gradient 1.3 / pi = 2.6), Eq. 14."""
+    pi, old = 0.5, 0.1
+    assert _grad_wrt_pi(rl.grpo_loss, pi, adv=-1.0, old=old) == pytest.approx(1 / old)
+    assert _grad_wrt_pi(rl.ecpo_loss, pi, adv=-1.0, old=old) == pytest.approx(1.3 / pi)
+    # a positive above 1 + eps is clipped by both: no gradient
+    assert _grad_wrt_pi(rl.ecpo_loss, pi, adv=1.0, old=old) == 0.0
+    assert _grad_wrt_pi(rl.grpo_loss, pi, adv=1.0, old=old) == 0.0
+    # below the early-clip point the two agree (pi / pi_old = 1.1: plain PPO)
+    assert _grad_wrt_pi(rl.ecpo_loss, 0.11, adv=-1.0, old=0.1) == pytest.approx(_grad_wrt_pi(rl.grpo_loss, 0.11, -1.0, 0.1))
+
+
+def test_token_ratio_lets_gbpos_bounded_negative_act_where_the_sequence_ratio_cannot():
+    """A negative whose levels are each likely (0.5) but whose item probability is tiny (0.5^3 / 1000 items):
+    the sequence-level GBPO gradient is ~pi (nothing moves), the token-level one is O(1) per level."""
+    z = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)        # 3 levels, 2 codes each: p = 0.5
+    tok = torch.log_softmax(z, -1)[:, 0].reshape(1, 3)
+    seq = tok.sum(1) - math.log(1000)
+    adv = torch.tensor([-1.0], dtype=torch.float64)
+    rl.gbpo_loss(seq, torch.tensor([NAN], dtype=torch.float64), adv).backward()
+    g_seq = z.grad.abs().max().item()
+    z.grad = None
+    tok = torch.log_softmax(z, -1)[:, 0].reshape(1, 3)
+    cfg = rl.RLConfig(ratio="token")
+    rl.policy_loss(cfg, tok, torch.full((1, 3), NAN, dtype=torch.float64), adv).backward()
+    g_tok = z.grad.abs().max().item()
+    assert g_seq < 1e-3 and g_tok > 0.1
+    # per-level pi_old from a served sequence probability: the level ratios multiply to the sequence ratio
+    old = rl.token_old(tok.detach(), seq.detach(), torch.tensor([0.5 ** 3 / 1000 / 4], dtype=torch.float64))
+    assert torch.exp(tok.detach() - torch.log(old)).prod().item() == pytest.approx(4.0)
+    assert torch.isnan(rl.token_old(tok.detach(), seq.detach(), torch.tensor([NAN], dtype=torch.float64))).all()
+
+
+def test_beam_rewards_rank_aware_and_group_advantages_skip_padding():
+    valid = np.array([[True, True, True, True], [True, True, True, False]])
+    r = rl.beam_rewards(np.array([2, 0]), valid, np.array([1.0, -1.0]), rank_penalty=1.0)
+    w = 1 / np.log2(np.array([0, 1, 3]) + 2)
+    assert r[0, 2] == 1.0 and np.allclose(r[0, [0, 1, 3]], -w / w.sum())       # higher rank, bigger penalty
+    assert r[0, 0] < r[0, 1] < r[0, 3] < 0
+    assert r[1, 0] == -1.0 and (r[1, 1:3] == 0).all() and np.isnan(r[1, 3])    # after a dislike: only it is negative
+    a = rl.group_advantages(r)
+    assert a[1, 3] == 0 and a[0, 2] > 0 and a[1, 0] < 0 and np.nanmean(a[0]) == pytest.approx(0)
+
+
+# -- the RL objective on a tiny world: every source and algorithm ------------------------------------------
+
+def test_beam_groups_are_distinct_valid_items_with_the_logged_item_injected(monkeypatch):
+    import rl_world as W
+
+    from onerec import decoding
+
+    seen = {}
+    real = decoding.beam_search
+
+    def spy(*a, **k):
+        seen["gen"] = real(*a, **k)
+        return seen["gen"]
+
+    monkeypatch.setattr(decoding, "beam_search", spy)
+    cfg = rl.RLConfig(source="beam", group_size=8, rollout_users=6)
+    obj, sids = W.objective(cfg)
+    q = np.r_[np.ones(8), np.zeros(24)]                 # 8 duration-aware positives out of 32
+    b = W.batch(obj, W.rows(32, q=q), cfg)
+    _, loss = obj(b)
+    loss.backward()
+    st = obj.pop_stats()
+    gen = seen["gen"]
+    assert gen.sids.shape[:2] == (6, 8) and st["n_groups"] == 6 and st["group_members"] == 8
+    for u in range(6):                                   # distinct SIDs, each a catalogue item
+        members = {tuple(x) for x in gen.sids[u]}
+        assert len(members) == 8 and all(obj.trie.contains(list(m)) for m in members)
+    assert st["rl_loss_beam"] == st["rl_loss_beam"] and st["beam_adv_abs_mean"] > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.policy.heads.parameters())
+    # a batch without positives or dislikes forms no group: the RL term is an exact zero
+    obj2, _ = W.objective(cfg)
+    b2 = W.batch(obj2, W.rows(32, q=np.full(32, NAN)), cfg)
+    obj2(b2)
+    assert obj2.pop_stats()["n_groups"] == 0
+
+
+@pytest.mark.parametrize("algorithm,ratio", [("gbpo", "token"), ("gbpo", "sequence"), ("ecpo", "token"),
+                                             ("grpo", "token"), ("dpo", "token")])
+def test_every_beam_algorithm_raises_the_logged_positive_over_its_competitors(algorithm, ratio):
+    """A few steps on one fixed batch: the log-probability of the logged positives rises against the beam items that
+    competed with them (the group's signal), for every algorithm; the KL anchor is reported."""
+    import rl_world as W
+
+    cfg = rl.RLConfig(algorithm=algorithm, ratio=ratio, source="beam", group_size=8, rollout_users=8,
+                      gen_loss_weight=0.0, kl_weight=0.01)
+    torch.manual_seed(0)
+    obj, sids = W.objective(cfg)
+    q = np.r_[np.ones(4), np.zeros(12)]                 # the top 25% of 16: rows 0-3 are the positives
+    b = W.batch(obj, W.rows(16, q=q), cfg)
+    target = b.batch.target[:4]
+    from onerec.decoding import beam_search
+
+    def margin():
+        with torch.no_grad():
+            from onerec.posttrain import take
+
+            sub = take(b.batch, torch.arange(4))
+            gen = beam_search(obj.policy, sub, obj.trie, 4)
+            best_other = [next(s for s in gen.sids[u] if (s != target[u].numpy()).any()) for u in range(4)]
+            lp_t = rl.sid_logp(obj.policy, sub, target)
+            lp_o = rl.sid_logp(obj.policy, sub, torch.from_numpy(np.stack(best_other)))
+            return float((lp_t - lp_o).mean())
+
+    before = margin()
+    opt = torch.optim.Adam(obj.policy.parameters(), lr=3e-3)
+    for _ in range(15):
+        opt.zero_grad()
+        _, loss = obj(b)
+        loss.backward()
+        opt.step()
+    st = obj.pop_stats()
+    assert margin() > before + 0.5, (before, margin())
+    assert st["kl_ref"] > 0 and (st["n_dpo_pairs"] > 0 if algorithm == "dpo" else st["n_groups"] == 4)
+
+
+def test_format_reward_and_business_hook_reach_the_advantages():
+    """format_samples > 0: unconstrained samples earn +format_reward when their SID maps to items; a
+    `module:function` business reward lifts the positives' advantage by what the hook returns."""
+    import rl_world as W
+
+    cfg = rl.RLConfig(source="feedback", business_reward="rl_world:bonus_for_even_items")
+    obj, sids = W.objective(cfg)
+    q = np.r_[np.ones(4), np.zeros(12)]                 # positives: rows 0-3 (the top 25%)
+    t = W.rows(16, q=q)
+    b = W.batch(obj, t, cfg)
+    assert np.allclose(b.bonus.numpy(), np.where(t["item_id"].to_numpy() % 2 == 0, 0.5, 0.0))
+    obj(b)
+    with_hook = obj.pop_stats()["adv_mean"]
+    plain = rl.RLConfig(source="feedback")
+    obj_p, _ = W.objective(plain)
+    obj_p(W.batch(obj_p, t, plain))
+    lifted = 0.5 * float(((t["item_id"].to_numpy() % 2 == 0) & (q > 0)).sum()) / 16
+    assert with_hook == pytest.approx(obj_p.pop_stats()["adv_mean"] + lifted)
+
+    fcfg = rl.RLConfig(source="feedback", format_samples=4, format_reward=1.0, format_penalty=0.5)
+    obj_f, _ = W.objective(fcfg, vocab=4)               # 40 of the 64 possible SIDs map to items
+    logpi, adv = obj_f._format(W.batch(obj_f, t, fcfg), torch.arange(4))
+    share = obj_f.pop_stats()["format_valid_share"]
+    assert logpi.shape == adv.shape == (16,) and set(adv.tolist()) <= {1.0, -0.5}
+    assert (adv == 1.0).float().mean().item() == pytest.approx(share)
+    assert 0 < share < 1          # an untrained model samples valid and invalid SIDs alike

@@ -72,3 +72,35 @@ def test_bad_rl_config_is_bad_input():
     for section, words in (({"algorithm": "ppo9"}, "rl.algorithm"), ({"nope": 1}, "unknown rl option")):
         with pytest.raises(BadInput, match=words):
             rl_config(SimpleNamespace(section=section))
+
+
+def test_every_rl_algorithm_runs_through_the_stage_on_beam_groups(pipeline_home):
+    """gbpo (token and sequence ratio, with checkpoint selection), ecpo, grpo and dpo, each through `onerec run rl`
+    with the default source (beam groups): real groups formed, the KL anchor measured, DPO pairs built without a
+    reward model, and the selected checkpoint recorded (and resumable: best.json lives in scratch)."""
+    home = pipeline_home
+    run_cli("pipeline", "run", "--start", DAY1, "--until", "sft", "--config", DEBUG_CONFIG, check=True)
+    run_cli("run", "reward_model", "--date", DAY1, "--config", DEBUG_CONFIG, check=True)
+    base = ["--config", DEBUG_CONFIG, "--set", "rl.source=beam", "--set", "rl.group_size=4", "--set", "rl.rollout_users=4"]
+    for algo, extra in (("gbpo", ["rl.select_every=3"]), ("gbpo", ["rl.ratio=sequence"]), ("ecpo", []), ("grpo", []),
+                        ("dpo", [])):
+        sets = [x for e in extra for x in ("--set", e)]
+        run_cli("run", "rl", "--date", DAY1, *base, "--set", f"rl.algorithm={algo}", *sets, check=True)
+        man = _manifest(home, DAY1, "rl")
+        r = man["metrics"]
+        assert r["algorithm"] == algo and r["source"] == "beam" and r["steps"] == 6, (algo, r)
+        assert r["kl_ref"] >= 0 and r["grad_norm"] == r["grad_norm"]
+        if algo == "dpo":
+            assert r["n_dpo_pairs"] > 0 and "rl_loss_dpo" in r
+        else:
+            assert r["n_groups"] > 0 and r["rl_loss_beam"] == r["rl_loss_beam"]
+        train = json.loads((home / "artifacts" / "daily" / DAY1 / "rl" / "train.json").read_text())
+        assert train["rl_config"]["algorithm"] == algo
+        if "rl.select_every=3" in extra:
+            steps = [h["step"] for h in train["selection"]]
+            assert steps == [0, 3, 6] and r["selected_step"] in steps
+            best = max(train["selection"], key=lambda h: (h["score"], -h["step"]))
+            assert r["selected_score"] == best["score"] and 0 <= best["hit_all"] <= 1
+            assert not list((home / "artifacts" / "_scratch").rglob("best.json"))     # scratch cleared on success
+        else:
+            assert train["selection"] is None and "selected_step" not in r
