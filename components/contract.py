@@ -133,19 +133,26 @@ def run_stage(name: str, date: str, config: dict, *, force: bool = False) -> Res
         old = out.manifest()
         if old.get("input_digests") == inputs and old.get("config_hash") == config_hash:
             return Result(name, date, "skipped", old)
+    if not force:
+        _refuse_same_failed_attempt(ctx)
     # A finished directory being recomputed gets a fresh MLflow run; a half-done one is a retry.
     fresh = out.is_done()
     out.reset()
     fault(name, "start")
     started = time.time()
     with tracking.stage_run(cfg["mlflow"]["tracking_uri"], cfg["mlflow"]["experiment"], pipeline, date, name,
-                            fresh=fresh, artifact_location=cfg["mlflow"].get("artifact_location")) as run:
+                            fresh=fresh, artifact_location=cfg["mlflow"].get("artifact_location"),
+                            job_key=ctx.job_key) as run:
         import mlflow
 
         ctx.mlflow_run_id = run.info.run_id
         mlflow.log_params({f"{k}": str(v)[:500] for k, v in _flatten({k: cfg.get(k) for k in stage.config_keys}).items()})
         mlflow.set_tags({"onerec.config_hash": config_hash, **{f"onerec.input.{k}": v[:16] for k, v in inputs.items()}})
-        metrics = fn(ctx) or {}
+        try:
+            metrics = fn(ctx) or {}
+        except BaseException as e:
+            _record_failure(ctx, e)
+            raise
         fault(name, "before_commit")
         manifest = {
             "pipeline": pipeline, "date": date, "stage": name,
@@ -163,6 +170,56 @@ def run_stage(name: str, date: str, config: dict, *, force: bool = False) -> Res
         out.commit(manifest)
         mlflow.set_tag(tracking.TAG_OUTPUT_DIGEST, out.digest())   # lineage: which run made these outputs
     return Result(name, date, "done", out.manifest())
+
+
+def _attempt_key(ctx: StageContext) -> str | None:
+    """Where a non-retryable failure of this stage under this orchestrator run is recorded (None: no run id)."""
+    run_id = os.environ.get("ONEREC_RUN_ID")
+    if not run_id:
+        return None
+    return f"_attempts/{ctx.pipeline}/{ctx.date}/{ctx.stage.name}/{sha256(run_id.encode())[:16]}.json"
+
+
+def _record_failure(ctx: StageContext, e: BaseException) -> None:
+    """Tag the failed MLflow run (exit code, one-line error) so lineage shows every attempt; under an
+    orchestrator run id, also record a bad-data (2) or gate (3) failure for `_refuse_same_failed_attempt`."""
+    import mlflow
+
+    from onerec import tracking
+    from onerec.errors import EXIT_BAD_INPUT, EXIT_GATE, EXIT_RETRYABLE, OneRecError
+
+    code = getattr(e, "exit_code", EXIT_RETRYABLE) if isinstance(e, OneRecError) else EXIT_RETRYABLE
+    line = (str(e).splitlines() or [type(e).__name__])[0][:500]
+    try:
+        mlflow.set_tags({tracking.TAG_EXIT_CODE: str(code), tracking.TAG_ERROR: line})
+        if code in (EXIT_BAD_INPUT, EXIT_GATE) and (key := _attempt_key(ctx)):
+            ctx.store.write_bytes(key, json.dumps({"exit_code": code, "error": line, "job_key": ctx.job_key,
+                                                   "orchestrator_run": os.environ["ONEREC_RUN_ID"],
+                                                   "mlflow_run_id": ctx.mlflow_run_id}).encode())
+    except Exception:   # bookkeeping must never hide the stage's own error
+        pass
+
+
+def _refuse_same_failed_attempt(ctx: StageContext) -> None:
+    """Fail fast when an orchestrator retries a non-retryable failure.
+
+    Kubeflow Pipelines cannot make a retry depend on the exit code (its RetryPolicy has only a count and a
+    backoff), so it retries exit 2 and 3 like any failure. A retry under the same orchestrator run id with the
+    same job key (same inputs and config) would fail the same way: it exits with the recorded code at once,
+    without recomputing. A changed input or config (the on-call fix) is a new computation and runs.
+    """
+    key = _attempt_key(ctx)
+    if key is None or not ctx.store.exists(key):
+        return
+    failed = json.loads(ctx.store.read_bytes(key))
+    if failed.get("job_key") != ctx.job_key:
+        return
+    from onerec.errors import GateFailed
+
+    cls = GateFailed if failed.get("exit_code") == GateFailed.exit_code else BadInput
+    raise cls(f"{ctx.stage.name} {ctx.date}: not retried: this orchestrator run already failed here with exit "
+              f"{failed.get('exit_code')} on the same inputs and config ({failed.get('error')}); fix the input "
+              f"or the config and rerun")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

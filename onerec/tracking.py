@@ -25,6 +25,9 @@ TAG_PIPELINE = "onerec.pipeline"
 TAG_CODE = "onerec.code_version"
 TAG_OUTPUT_DIGEST = "onerec.output_digest"     # the stage directory digest this run committed
 TAG_ORCHESTRATOR_RUN = "onerec.orchestrator_run"   # e.g. airflow:<dag_id>/<run_id>, kfp:<job id>
+TAG_JOB_KEY = "onerec.job_key"                  # digest of (input digests, config hash): one exact computation
+TAG_EXIT_CODE = "onerec.exit_code"              # set on a failed attempt: 1 retryable, 2 bad data, 3 gate
+TAG_ERROR = "onerec.error"                      # the failed attempt's one-line error
 
 
 def code_version() -> str:
@@ -67,11 +70,13 @@ def _find(client, exp_id: str, tags: dict, parent_only: bool = False):
 
 @contextlib.contextmanager
 def stage_run(tracking_uri: str, experiment: str, pipeline: str, date: str, stage: str, *, fresh: bool,
-              artifact_location: str | None = None):
+              artifact_location: str | None = None, job_key: str | None = None):
     """Context manager yielding the active nested MLflow run of this stage.
 
-    fresh=False: reuse the newest unfinished run of this stage (a retry). fresh=True is decided by the
-    caller when the stage is recomputed after a finished run.
+    fresh=False: reuse the newest unfinished run of this stage (a retry), but only one that was doing the
+    same computation (`job_key`: inputs + config): after the on-call engineer fixed the input or the config,
+    the rerun is a new attempt with its own run (and params), and the failed one stays in the history.
+    fresh=True is decided by the caller when the stage is recomputed after a finished run.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -91,14 +96,16 @@ def stage_run(tracking_uri: str, experiment: str, pipeline: str, date: str, stag
 
     run_id = None
     if not fresh:
-        previous = _find(client, exp_id, {TAG_RUN_KEY: run_key, TAG_STAGE: stage})
+        same_job = {TAG_JOB_KEY: job_key} if job_key else {}
+        previous = _find(client, exp_id, {TAG_RUN_KEY: run_key, TAG_STAGE: stage, **same_job})
         unfinished = [r for r in previous if r.info.status != "FINISHED"]
         run_id = unfinished[0].info.run_id if unfinished else None
 
     mlflow.set_experiment(experiment_id=exp_id)
     with mlflow.start_run(run_id=parent_id, log_system_metrics=False):
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{stage} {date}", nested=True,
-                              tags=None if run_id else {**base_tags, TAG_STAGE: stage}) as run:
+                              tags=None if run_id else {**base_tags, TAG_STAGE: stage,
+                                                        **({TAG_JOB_KEY: job_key} if job_key else {})}) as run:
             if orchestrator_run := os.environ.get("ONEREC_RUN_ID"):   # set by the DAG / pipeline task
                 mlflow.set_tag(TAG_ORCHESTRATOR_RUN, orchestrator_run)
             yield run
