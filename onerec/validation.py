@@ -33,7 +33,9 @@ def _types(E, name: str) -> list:
     return out
 
 
-def impressions_suite(E, *, date_start_ms: int, item_ids, user_ids, row_bounds, cfg) -> list:
+def impressions_suite(E, *, date_start_ms: int, item_ids, user_ids, row_bounds, cfg, played: bool = False) -> list:
+    """`played`: the day carries watch time (some play_time_ms not null); then a day on which nobody watched
+    anything (every play_time_ms 0: a logging bug) fails `expect_column_max_to_be_between(play_time_ms)`."""
     cols = TABLES["impressions"].names
     ex = [E.ExpectTableColumnsToMatchSet(column_set=cols, exact_match=True), *_types(E, "impressions")]
     ex += [
@@ -47,6 +49,8 @@ def impressions_suite(E, *, date_start_ms: int, item_ids, user_ids, row_bounds, 
         E.ExpectColumnValuesToBeInSet(column="item_id", value_set=item_ids),
     ]
     ex += [E.ExpectColumnValuesToBeInSet(column=f, value_set=[0, 1]) for f in FLAGS]
+    if played:
+        ex.append(E.ExpectColumnMaxToBeBetween(column="play_time_ms", min_value=1))
     if user_ids is not None:
         ex.append(E.ExpectColumnValuesToBeInSet(column="user_id", value_set=user_ids))
     return ex
@@ -76,6 +80,12 @@ def row_bounds(history: list[int], tolerance: float) -> tuple[int, int | None]:
     return max(1, math.floor(mean * (1 - tolerance))), math.ceil(mean * (1 + tolerance))
 
 
+def _played(table: pa.Table) -> bool:
+    col = "play_time_ms"
+    return col in table.column_names and table.num_rows > 0 and table[col].null_count < table.num_rows \
+        and pa.types.is_integer(table[col].type)
+
+
 def _ids(table: pa.Table, col: str):
     if col not in table.column_names or not pa.types.is_integer(table[col].type):
         return None
@@ -98,7 +108,7 @@ def validate_day(tables: dict[str, pa.Table], *, date_start_ms: int, history: li
     bounds = row_bounds(history, cfg["drift_tolerance"])
     suites = {
         "impressions": impressions_suite(E, date_start_ms=date_start_ms, item_ids=item_ids, user_ids=user_ids,
-                                         row_bounds=bounds, cfg=cfg),
+                                         row_bounds=bounds, cfg=cfg, played=_played(tables["impressions"])),
         "items": items_suite(E, cfg),
         "users": users_suite(E),
     }
@@ -139,14 +149,19 @@ def _jsonable(x):
 
 
 def summary(report: dict) -> str:
+    """One headline naming every failed expectation (what a log line or an alert shows), then one line per
+    failure with example rows."""
     failed = [r for r in report["results"] if not r["success"]]
-    lines = [f"{len(failed)} of {len(report['results'])} expectations failed:"]
+    head, lines = [], []
     for r in failed:
         col = r["kwargs"].get("column") or r["kwargs"].get("column_list") or ""
         what = f"{r['unexpected_count']} unexpected" if r.get("unexpected_count") else f"observed {r.get('observed_value')}"
         if r.get("error"):
             what = r["error"]
+        name = "+".join(col) if isinstance(col, (list, tuple)) else col or "*"
+        head.append(f"{r['table']}.{name} {r['expectation']} ({what[:80]})")
         lines.append(f"  - {r['table']}: {r['expectation']}({col}): {what}")
         for ex in r.get("examples") or []:
             lines.append(f"      e.g. {ex}")
-    return "\n".join(lines)
+    first = f"{len(failed)} of {len(report['results'])} expectations failed: {'; '.join(head)}"
+    return "\n".join([first, *lines])

@@ -22,6 +22,7 @@ Mapping decisions:
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -35,13 +36,15 @@ FLAGS = {"is_click": "click", "is_like": "like", "is_follow": "follow", "is_comm
          "is_forward": "forward", "is_hate": "dislike"}
 LOG_DTYPES = {"user_id": "int64", "video_id": "int64", "time_ms": "int64", "play_time_ms": "int64",
               "duration_ms": "int64", "is_rand": "int8", **{c: "int8" for c in FLAGS}}
+CLOCK_SKEW_MS = 3 * 3_600_000   # |time_ms - Beijing (date, hourmin)| allowed: the official log rounds to the hour
+BEIJING_MS = 8 * 3_600_000
 
 
 def load(path, *, date=None, log_files=None, variant="pure", statistics=True, user_features=None,
-         video_features=None, video_statistics=None, **_ignored) -> Dataset:
+         video_features=None, video_statistics=None, max_clock_skew_ms=CLOCK_SKEW_MS, **_ignored) -> Dataset:
     root = require_dir(path, "kuairand")
     logs = _log_files(root, log_files, variant)
-    log = pd.concat([_read_csv(f, usecols=list(LOG_DTYPES), dtype=LOG_DTYPES) for f in logs], ignore_index=True)
+    log = pd.concat([read_log(f, max_clock_skew_ms=max_clock_skew_ms) for f in logs], ignore_index=True)
 
     imp = pd.DataFrame({
         "user_id": log["user_id"],
@@ -61,11 +64,13 @@ def load(path, *, date=None, log_files=None, variant="pure", statistics=True, us
     upath = find_file(root, user_features or f"user_features_{variant}.csv", SUBDIRS, "kuairand user features")
     files.update(video_features=str(vpath), user_features=str(upath))
     videos = _read_csv(vpath, dtype={"video_id": "int64", "author_id": "Int64", "tag": "string", "upload_dt": "string"})
+    _require(videos, vpath, ("video_id", "author_id", "video_duration", "tag", "upload_dt"))
     if statistics:
         spath = find_file(root, video_statistics or f"video_features_statistic_{variant}.csv", SUBDIRS,
                           "kuairand video statistics")
         files["video_statistics"] = str(spath)
         stats = _read_csv(spath, dtype={"video_id": "int64"})
+        _require(stats, spath, ("video_id",))
         # The official header spells one column follow_user_num1; our derived copy says follow_user_num.
         if "follow_user_num" not in stats:
             stats = stats.rename(columns={"follow_user_num1": "follow_user_num"})
@@ -74,6 +79,7 @@ def load(path, *, date=None, log_files=None, variant="pure", statistics=True, us
     items = _items(videos, imp)
 
     users = _read_csv(upath, dtype={"user_id": "int64"})
+    _require(users, upath, ("user_id",))
     users = add_missing(users, "user_id", imp["user_id"]).sort_values("user_id")   # log users lacking features
 
     dates = date_of(imp["ts"]).unique()
@@ -104,10 +110,103 @@ def _log_files(root: Path, log_files, variant: str) -> list[Path]:
     return [find_file(root, f"log_*_{variant}.csv", SUBDIRS, "kuairand log")]   # raises
 
 
+def read_log(path: Path, *, max_clock_skew_ms: int = CLOCK_SKEW_MS) -> pd.DataFrame:
+    """One log CSV, checked: every problem is one SchemaError line naming the file, the column and a line.
+
+    Beyond types and nulls, `date` (YYYYMMDD, Beijing) and `hourmin` (HHMM, the official log rounds it to the
+    hour) must agree with `time_ms` within `max_clock_skew_ms`: a row stamped in the year 2100, or a date such
+    as 20221345, would otherwise land in a partition no run ever ingests and vanish without a word.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise SchemaError(f"{path}: empty file (no header, no rows)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+                          f"binary, compressed or another encoding?") from None
+    header = text.split("\n", 1)[0].rstrip("\r").lstrip("\ufeff")
+    names = header.split(",")
+    need = list(LOG_DTYPES) + [c for c in ("date", "hourmin") if c in names]
+    missing = [c for c in LOG_DTYPES if c not in names]
+    if missing:
+        sep = next((d for d in (";", "\t", "|") if d in header), None)
+        if sep and len(names) == 1:
+            raise SchemaError(f"{path}: the header is not comma-separated (it uses {sep!r})")
+        raise SchemaError(f"{path}: missing column(s) {missing}")
+    lines = text.rstrip("\n").split("\n")
+    if len(lines) < 2:
+        raise SchemaError(f"{path}: a header but no rows")
+    if not text.endswith("\n") and lines[-1].count(",") < len(names) - 1:
+        raise SchemaError(f"{path}: truncated: the last line (line {len(lines)}) has {lines[-1].count(',') + 1} "
+                          f"of {len(names)} fields")
+    try:
+        df = pd.read_csv(io.StringIO(text), usecols=need, dtype={c: "int64" for c in need})
+    except (ValueError, OverflowError) as e:    # the fast typed read failed: find the first bad value
+        _diagnose(path, text, need)
+        raise SchemaError(f"{path}: {str(e).splitlines()[0]}") from None
+    for col in ("is_rand", *FLAGS):
+        bad = ~df[col].isin([0, 1])
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise SchemaError(f"{path}: column {col}: {int(bad.sum())} value(s) not 0/1, first {df[col].iloc[i]} "
+                              f"at line {i + 2}")
+    if "date" in df:
+        _check_clock(path, df, max_clock_skew_ms)
+    return df.drop(columns=[c for c in ("date", "hourmin") if c in df]).astype(LOG_DTYPES)
+
+
+def _diagnose(path: Path, text: str, need: list[str]) -> None:
+    """Raise a SchemaError naming the first empty, repeated-header or non-integer value (slow: strings)."""
+    df = pd.read_csv(io.StringIO(text), usecols=need, dtype=str, keep_default_na=False)
+    for col in need:
+        values = df[col].str.strip()
+        empty = values == ""
+        if empty.any():
+            i = int(empty.to_numpy().argmax())
+            raise SchemaError(f"{path}: column {col}: {int(empty.sum())} empty value(s), first at line {i + 2}")
+        bad = ~values.str.fullmatch(r"-?\d+")
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            if values.iloc[i] == col:
+                raise SchemaError(f"{path}: line {i + 2} repeats the header (concatenated files?)")
+            raise SchemaError(f"{path}: column {col}: {int(bad.sum())} non-integer value(s), first {values.iloc[i]!r} "
+                              f"at line {i + 2}")
+
+
+def _check_clock(path: Path, df: pd.DataFrame, skew_ms: int) -> None:
+    hourmin = df["hourmin"] if "hourmin" in df else pd.Series(0, index=df.index)
+    stamp = df["date"].astype(str) + hourmin.astype(str).str.zfill(4)
+    slot = pd.to_datetime(stamp, format="%Y%m%d%H%M", errors="coerce")
+    invalid = slot.isna()
+    if invalid.any():
+        i = int(invalid.to_numpy().argmax())
+        raise SchemaError(f"{path}: {int(invalid.sum())} row(s) with an impossible date/hourmin, first "
+                          f"date={df['date'].iloc[i]} hourmin={hourmin.iloc[i]} at line {i + 2}")
+    slot_ms = (slot - pd.Timestamp(0)) // pd.Timedelta(milliseconds=1) - BEIJING_MS
+    off = (df["time_ms"] - slot_ms).abs() > skew_ms
+    if off.any():
+        i = int(off.to_numpy().argmax())
+        when = pd.Timestamp(int(df["time_ms"].iloc[i]), unit="ms", tz="UTC").isoformat()
+        raise SchemaError(f"{path}: {int(off.sum())} row(s) whose time_ms disagrees with date/hourmin by more than "
+                          f"{skew_ms / 3_600_000:g} h, first at line {i + 2}: time_ms={df['time_ms'].iloc[i]} ({when}) "
+                          f"vs date={df['date'].iloc[i]} hourmin={hourmin.iloc[i]} (Beijing)")
+
+
+def _require(df: pd.DataFrame, path: Path, columns) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{path}: missing column(s) {missing}")
+    if df[columns[0]].duplicated().any():
+        dup = df[columns[0]][df[columns[0]].duplicated()]
+        raise SchemaError(f"{path}: {len(dup)} repeated {columns[0]}(s), first {dup.iloc[0]}")
+
+
 def _read_csv(path: Path, **kw) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **kw)
-    except (ValueError, KeyError) as e:   # wrong columns or non-integer values in an id/flag column
+    except (ValueError, KeyError) as e:   # wrong columns, non-integer ids, not UTF-8 (UnicodeDecodeError), empty
         raise SchemaError(f"{path}: {str(e).splitlines()[0]}") from None
 
 

@@ -23,10 +23,23 @@ def _read(path: Path, name: str, date: str, required: bool) -> pa.Table:
     for candidate in (path / name / f"date={date}", path / f"{name}.parquet", path / name):
         if candidate.is_file() or (candidate.is_dir() and any(candidate.glob("*.parquet"))):
             files = [candidate] if candidate.is_file() else sorted(candidate.glob("*.parquet"))
-            return pa.concat_tables([pq.read_table(f, partitioning=None) for f in files], promote_options="permissive")
+            parts = [_read_file(f, name) for f in files]
+            try:
+                return pa.concat_tables(parts, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise BadInput(f"{name} {candidate}: part files disagree on the schema: "
+                               f"{str(e).splitlines()[0][:200]}") from None
     if required:
         raise BadInput(f"no {name} for {date} under {path} (expected {path / name}/date={date}/*.parquet)")
     return None
+
+
+def _read_file(f: Path, name: str) -> pa.Table:
+    """A landed file that is not readable parquet (truncated upload, a CSV named .parquet) is bad data."""
+    try:
+        return pq.read_table(f, partitioning=None)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
+        raise BadInput(f"{name}: {f} is not a readable parquet file: {str(e).splitlines()[0][:200]}") from None
 
 
 def load(path=None, *, date: str | None = None, **options) -> Dataset:
