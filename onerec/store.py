@@ -80,7 +80,13 @@ class S3Store:
         self.prefix = prefix.strip("/")
         endpoint = (os.environ.get("ONEREC_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
                     or os.environ.get("MLFLOW_S3_ENDPOINT_URL"))
-        self.client = boto3.client("s3", endpoint_url=endpoint)
+        from botocore.config import Config
+
+        # 5xx, throttling and dropped connections are retried by botocore (standard mode, with backoff); what
+        # is still failing after that escapes as an exception: exit 1, retryable, nothing committed.
+        self.attempts = int(os.environ.get("ONEREC_S3_MAX_ATTEMPTS", 5))
+        self.client = boto3.client("s3", endpoint_url=endpoint, config=Config(
+            retries={"mode": "standard", "max_attempts": self.attempts}, connect_timeout=10, read_timeout=60))
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -92,10 +98,26 @@ class S3Store:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # S3 PUT is atomic per object
 
     def read_bytes(self, key: str) -> bytes:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self.client.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"no artifact at {self.uri(key)}") from None
+        """The whole object. botocore retries the request, not the body's download: a connection dropped
+        mid-body (IncompleteReadError, ResponseStreamingError) is retried here, and a short body never
+        passes for the object."""
+        from botocore.exceptions import ConnectionClosedError, IncompleteReadError, ResponseStreamingError
+
+        for attempt in range(self.attempts):
+            try:
+                obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                data = obj["Body"].read()
+            except self.client.exceptions.NoSuchKey:
+                raise FileNotFoundError(f"no artifact at {self.uri(key)}") from None
+            except (IncompleteReadError, ResponseStreamingError, ConnectionClosedError):
+                if attempt + 1 == self.attempts:
+                    raise
+                continue
+            if obj.get("ContentLength") in (None, len(data)):
+                return data
+            if attempt + 1 == self.attempts:
+                raise OSError(f"{self.uri(key)}: read {len(data)} of {obj['ContentLength']} bytes")
+        raise AssertionError("unreachable")
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
