@@ -17,7 +17,10 @@ stage added to the registry later is gated without edits here. An ExitHandler al
 `components.alerts` (ONEREC_FAILURE_NOTIFIER) when the run does not succeed.
 
 KFP has no "skip downstream" state: exit 3 (gate not passed) fails the task, which stops everything
-downstream of it. Retries (per-stage `set_retry`) apply to any failure.
+downstream of it. Retries (per-stage `set_retry`) apply to any failure: KFP's RetryPolicy has only a count and
+a backoff, no condition on the exit code. So a retry of exit 2 (bad data) or 3 (gate) fails fast instead: the
+stage contract records such a failure under the task's `--run-id kfp:<job id>`, and a retry with the same inputs
+and config exits with the same code at once, doing nothing (components/contract.py, docs/orchestration.md).
 """
 # No `from __future__ import annotations`: KFP reads the component's annotations as real types.
 import argparse

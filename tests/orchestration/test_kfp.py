@@ -124,3 +124,19 @@ def test_local_run(tmp_path, onerec_home):
     assert outputs["notify"]["Output"] is False  # the exit handler ran; nothing to alert
     run = MlflowClient(f"sqlite:///{onerec_home / 'mlflow.db'}").get_run(validate["mlflow_run_id"])
     assert run.data.tags["onerec.orchestrator_run"].startswith("kfp:")
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_retried_tasks_carry_the_run_id_that_makes_a_bad_data_retry_fail_fast(pipeline):
+    """KFP retries any failure; the contract fails a retry of exit 2/3 fast when the task passes its job id
+    (tests/data/test_bad_input_catalogue.py runs that retry). Every retried task must pass it."""
+    spec = yaml.safe_load((REPO / "pipelines" / f"onerec_{pipeline}.yaml").read_text())
+    retried = {name: t for name, (_, t, _) in all_tasks(spec).items() if "retryPolicy" in t}
+    assert retried
+    for name, task in retried.items():
+        assert set(task["retryPolicy"]) <= {"maxRetryCount", "backoffDuration", "backoffFactor", "backoffMaxDuration"}
+        executor = spec["deploymentSpec"]["executors"][
+            spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"]
+        args = executor["args"]
+        assert "--run-id" in args and "kfp:" in args[args.index("--run-id") + 1], name
+        assert task["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}", name
