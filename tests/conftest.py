@@ -21,7 +21,8 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 LONGEST_FIRST = ("tests/orchestration/test_airflow.py", "tests/orchestration/test_kfp.py",
                  "tests/orchestration/test_airflow_postgres.py", "tests/stage/test_pipeline_mlflow.py",
                  "tests/stage/test_online_validate_stage.py", "tests/stage/test_post_training_stages.py",
-                 "tests/stage/test_pretrain_stage.py", "tests/model/test_train.py")
+                 "tests/stage/test_pretrain_stage.py", "tests/model/test_train.py",
+                 "tests/stage/test_s3_faults.py", "tests/data/test_bad_input_catalogue.py")
 
 
 def pytest_collection_modifyitems(items):
