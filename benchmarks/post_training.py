@@ -1,28 +1,32 @@
-"""Post-training on KuaiRand: SFT alone vs SFT + RL (GBPO, duration-aware reward), and GBPO vs ECPO vs GRPO curves.
+"""Post-training on KuaiRand: pretrain vs SFT vs SFT + RL (every algorithm), over seeds, with 95% intervals.
 
     .venv/bin/python benchmarks/post_training.py [--home /tmp/onerec_bench_kr] [--train-days 4] [--test-days 2]
-                                                 [--sft-steps 100] [--rl-steps 100] [--max-users 1000]
+                                                 [--sft-steps 50] [--rl-steps 50] [--max-users 250] [--seeds 0,1,2]
 
 Data: the pipeline's own stages on configs/kuairand.yaml (the data path is read from there): ingest ... pretrain
 run through the real CLI into `--home` (reused when already there): ingest .. tokenize for every day (3 x 256
 codebooks, frozen after the first day), pretrain (--pretrain-steps) for the first day only. Protocol:
-  train days D1..Dn (n = --train-days, from 2022-04-25): SFT continues pretrain(D1) on all samples of D1..Dn for
-  --sft-steps; then, from that SFT model, --rl-steps more steps on the same days with each algorithm (source
-  `feedback`: logged exposures, duration-aware advantages, + the generation loss), and a control that continues
-  SFT for the same extra steps (same data, same budget, no RL term).
+  train days D1..Dn (n = --train-days, from 2022-04-25): SFT continues pretrain(D1) on the sft stage's samples (--sft-samples; positive by default) of D1..Dn for
+  --sft-steps; then, from that SFT model, --rl-steps more steps on the same days with each RL spec
+  `algorithm[:ratio][@source]` (default config: gbpo, token ratio, beam groups; + the generation loss and the KL
+  anchor to the SFT model), and a control that continues SFT for the same extra steps (same data, same budget, no
+  RL term). Every seed (--seeds) redraws SFT's and RL's batch order and initial RNG; pretrain is shared.
   held-out days Dn+1..: next-day protocol (onerec.evaluation.next_day: each user's context before the day,
   truth = the user's positive items of the day), trie-constrained beam search, top 10.
 Metrics: Recall/NDCG@10 overall; the same with truth = long-view items only (play >= 18 s or >= the duration,
 KuaiRand's rule); mean duration-aware quantile q of the hit items (the q of the user's impression of a
 recommended item that they did watch on the held-out day: does the policy find what users watch long?).
-Curves: loss, RL loss and gradient norm (before clipping) per step for GBPO / ECPO / GRPO over the same batches:
+Intervals: mean over seeds +- the 95% t-interval of the seeds' means; "vs SFT" is the paired relative difference
+(same seed, same users). The bars of issue #20 are checked and printed.
+Curves: loss, RL loss and gradient norm (before clipping) per step of every RL spec (seed 0):
 benchmarks/results/post_training.png, also logged to MLflow (experiment onerec-benchmarks in --home).
-Writes benchmarks/results/post_training.json and prints a Markdown table.
+Writes benchmarks/results/post_training.json and .md and prints the Markdown tables.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -44,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from onerec import evaluation, rl  # noqa: E402
 from onerec.item.trie import SidTrie  # noqa: E402
 from onerec.posttrain import RLObjective, collate_rl, items_per_sid  # noqa: E402
-from onerec.samples import SidTable, collate, with_known_target  # noqa: E402
+from onerec.samples import SidTable, collate, positive_rows, with_known_target  # noqa: E402
 from onerec.store import StageDir, open_store  # noqa: E402
 from onerec.train import ParquetStream, TrainConfig, train  # noqa: E402
 
@@ -72,44 +76,58 @@ def load_model(d: StageDir):
     return lm(d)
 
 
-def train_files(store, days, sids, tmp) -> list[str]:
+def train_files(store, days, sids, tmp, positive: bool, tag: str) -> list[str]:
     files = []
     for day in days:
         t = with_known_target(StageDir(store, "daily", day, "features").read_table("samples"), sids)
-        f = f"{tmp}/{day}.parquet"
+        t = positive_rows(t) if positive else t
+        f = f"{tmp}/{day}.{tag}.parquet"
         pq.write_table(t, f, row_group_size=2048)
         files.append(f)
     return files
 
 
-def tcfg(steps, lr, log_every=1):
+def tcfg(steps, lr, log_every=1, seed=0):
     return TrainConfig(max_steps=steps, batch_size=64, lr=lr, warmup_steps=min(10, steps // 5), log_every=log_every,
-                       ckpt_every=10 ** 9, seed=0)
+                       ckpt_every=10 ** 9, seed=seed)
 
 
-def run_sft(model, files, sids, steps, lr):
+def run_sft(model, files, sids, steps, lr, seed=0):
     mcfg = model.cfg
-    stream = ParquetStream(files, 64, lambda t: collate(t, mcfg, sids), seed=0)
-    out = train(model, stream, tcfg(steps, lr, log_every=10), None, progress=True)
+    stream = ParquetStream(files, 64, lambda t: collate(t, mcfg, sids), seed=seed)
+    out = train(model, stream, tcfg(steps, lr, log_every=10, seed=seed), None, progress=True)
     model.load_state_dict(out["state_dict"])
     return model, out
 
 
-def run_rl(model, files, sids, spec, steps, lr, trie):
-    """spec: an algorithm, optionally with the tie rule of the shaping: "gbpo" (rank ties) or "gbpo:strict"."""
-    algorithm, _, ties = spec.partition(":")
+def parse_spec(spec: str) -> dict:
+    """`algorithm[:ratio][@source]` -> RLConfig fields, e.g. gbpo, gbpo:sequence, dpo, gbpo@feedback."""
+    head, _, source = spec.partition("@")
+    algorithm, _, ratio = head.partition(":")
+    out = {"algorithm": algorithm}
+    if ratio:
+        out["ratio"] = ratio
+    if source:
+        out["source"] = source
+    return out
+
+
+def run_rl(model, files, sids, spec, steps, lr, trie, seed=0):
+    """From the SFT model, `steps` RL steps with the spec's RLConfig (defaults otherwise); the SFT model is the
+    frozen reference (KL anchor, DPO)."""
     mcfg = model.cfg
-    rcfg = rl.RLConfig(algorithm=algorithm, source="feedback", ties=ties or "rank")
+    rcfg = rl.RLConfig(**parse_spec(spec))
     counts = items_per_sid(sids, len(mcfg.codebook_sizes))
-    obj = RLObjective(model, rcfg, trie, sids)
-    stream = ParquetStream(files, 64, lambda t: collate_rl(t, mcfg, sids, counts, rcfg), seed=1)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    obj = RLObjective(model, rcfg, trie, sids, reference)
+    stream = ParquetStream(files, 64, lambda t: collate_rl(t, mcfg, sids, counts, rcfg), seed=seed + 1)
     curves = {}
 
     def on_log(step, m):
         for k, v in {**m, **obj.pop_stats()}.items():
             curves.setdefault(k, []).append(v)
 
-    out = train(obj, stream, tcfg(steps, lr), None, on_log=on_log, progress=True)
+    out = train(obj, stream, tcfg(steps, lr, seed=seed), None, on_log=on_log, progress=True)
     model.load_state_dict({k.removeprefix("policy."): v for k, v in out["state_dict"].items()})
     return model, curves
 
@@ -166,18 +184,73 @@ def plot(curves: dict, path: Path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for algo, c in curves.items():
-        axes[0].plot(c["grad_norm"], label=algo)
-        axes[1].plot(c["rl_loss_feedback"], label=algo)
-        axes[2].plot(c["loss"], label=algo)
-    for ax, title in zip(axes, ("gradient norm (before clipping)", "RL loss (feedback)", "total loss (RL + generation)")):
+    for spec, c in curves.items():
+        axes[0].plot(c["grad_norm"], label=spec)
+        rl_key = next((k for k in ("rl_loss_beam", "rl_loss_dpo", "rl_loss_feedback") if k in c), None)
+        if rl_key:
+            axes[1].plot(c[rl_key], label=spec)
+        axes[2].plot(c["loss"], label=spec)
+    for ax, title in zip(axes, ("gradient norm (before clipping)", "RL loss", "total loss (RL + generation + KL)")):
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     axes[0].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return fig
+
+
+KEYS = ("recall_at_10", "ndcg_at_10", "long_view_recall_at_10", "long_view_ndcg_at_10", "hit_mean_q", "exposed_mean_q")
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(values) -> dict:
+    """Mean and the 95% t-interval half-width over seeds (NaN half-width for a single seed)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
+    if not len(v):
+        return {"mean": float("nan"), "half": float("nan"), "n": 0}
+    half = T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "half": float(half), "n": int(len(v))}
+
+
+def per_seed_metrics(per_day: dict, test_days: list[str], name: str) -> dict:
+    out = {}
+    for k in KEYS:
+        vals = [per_day[d][name][k] for d in test_days if np.isfinite(per_day[d][name][k])]
+        out[k] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def summarise(seeds: dict, names: list[str]) -> list[dict]:
+    """seeds: seed -> model name -> metric -> value. Rows with mean +- 95% and the paired change vs SFT."""
+    rows = []
+    for name in names:
+        have = [s for s in seeds if name in seeds[s]]
+        r = {"model": name, "seeds": len(have)}
+        for k in KEYS:
+            r[k] = interval([seeds[s][name][k] for s in have])
+            rel = [seeds[s][name][k] / seeds[s]["SFT"][k] - 1 for s in have
+                   if "SFT" in seeds[s] and seeds[s]["SFT"][k] > 0]
+            r[f"{k}_vs_sft"] = interval(rel)
+        rows.append(r)
+    return rows
+
+
+def bars(rows: list[dict], default: str) -> list[dict]:
+    """Issue #20's bars on the seed means: RL (default) vs SFT, and SFT vs pretrain."""
+    by = {r["model"]: r for r in rows}
+    rl_row, sft, pre = by.get(default), by.get("SFT"), by.get("pretrain")
+    out = []
+    if rl_row and sft:
+        for k, need in (("long_view_recall_at_10", 0.05), ("hit_mean_q", 0.05)):
+            got = rl_row[f"{k}_vs_sft"]["mean"]
+            out.append({"bar": f"RL {k} vs SFT >= +{need:.0%}", "value": got, "met": bool(got >= need)})
+        got = rl_row["recall_at_10_vs_sft"]["mean"]
+        out.append({"bar": "RL recall_at_10 vs SFT >= -1%", "value": got, "met": bool(got >= -0.01)})
+    if sft and pre:
+        got = sft["recall_at_10"]["mean"] / max(pre["recall_at_10"]["mean"], 1e-12) - 1
+        out.append({"bar": "SFT recall_at_10 >= pretrain", "value": got, "met": bool(got >= 0)})
+    return out
 
 
 def main() -> int:
@@ -186,16 +259,25 @@ def main() -> int:
     ap.add_argument("--train-days", type=int, default=4)
     ap.add_argument("--test-days", type=int, default=2)
     ap.add_argument("--pretrain-steps", type=int, default=100)
-    ap.add_argument("--sft-steps", type=int, default=100)
-    ap.add_argument("--rl-steps", type=int, default=100)
+    ap.add_argument("--sft-steps", type=int, default=50)
+    ap.add_argument("--rl-steps", type=int, default=50)
     ap.add_argument("--sft-lr", type=float, default=2e-4)
-    ap.add_argument("--rl-lr", type=float, default=2e-4)
-    ap.add_argument("--algorithms", default="gbpo,ecpo,grpo,gbpo:strict",
-                    help="algorithm[:ties]; ties rank (default) or strict (Sec. 3.1.1 as printed)")
-    ap.add_argument("--max-users", type=int, default=500)
+    ap.add_argument("--sft-samples", choices=("positive", "all"), default=None,
+                    help="what SFT (and the control) trains on; default: the sft stage's configured samples")
+    ap.add_argument("--rl-samples", choices=("positive", "all"), default="all",
+                    help="the logged rows RL groups and its generation loss come from")
+    ap.add_argument("--rl-lr", type=float, default=None, help="default: the rl stage's configured lr")
+    ap.add_argument("--algorithms", default="gbpo,gbpo:sequence,ecpo,grpo,dpo,gbpo@feedback",
+                    help="RL specs algorithm[:ratio][@source]; the first is the default config's row")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--max-users", type=int, default=250)
     ap.add_argument("--beam", type=int, default=32)
     ap.add_argument("--out", default=str(RESULTS / "post_training.json"))
     args = ap.parse_args()
+    from onerec.config import DEFAULTS
+
+    sft_positive = (args.sft_samples or DEFAULTS["sft"]["samples"]) == "positive"
+    rl_lr = args.rl_lr if args.rl_lr is not None else float(DEFAULTS["rl"]["train"]["lr"])
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t0, load0 = time.perf_counter(), os.getloadavg()
     home = Path(args.home)
@@ -209,79 +291,111 @@ def main() -> int:
     trie = SidTrie.from_bytes(tok.read_bytes("trie.safetensors"))
     pre, meta = load_model(StageDir(store, "daily", train_days[0], "pretrain"))
     timings = {"pipeline_s": round(t_pipeline, 1)}
+    specs = args.algorithms.split(",")
+    rl_names = {spec: f"SFT + RL {spec}" for spec in specs}
+    control = f"SFT +{args.rl_steps} steps (control)"
+    names = ["pretrain", "SFT", control, *rl_names.values()]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    per_seed, per_day_all, curves0 = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = train_files(store, train_days, sids, tmp)
+        files = train_files(store, train_days, sids, tmp, sft_positive, "sft")
+        rl_files = train_files(store, train_days, sids, tmp, args.rl_samples == "positive", "rl")
         n_train = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-        t = time.perf_counter()
-        sft, _ = run_sft(pre, files, sids, args.sft_steps, args.sft_lr)
-        timings["sft_s"] = round(time.perf_counter() - t, 1)
-        models, curves = {"SFT": copy.deepcopy(sft)}, {}
-        t = time.perf_counter()
-        models[f"SFT +{args.rl_steps} steps (control)"], _ = run_sft(copy.deepcopy(sft), files, sids, args.rl_steps, args.rl_lr)
-        timings["control_s"] = round(time.perf_counter() - t, 1)
-        for algo in args.algorithms.split(","):
+        for seed in seeds:
+            torch.manual_seed(seed)
             t = time.perf_counter()
-            models[f"SFT + RL {algo.upper()}"], curves[algo] = run_rl(copy.deepcopy(sft), files, sids, algo,
-                                                                      args.rl_steps, args.rl_lr, trie)
-            timings[f"rl_{algo.replace(':', '_')}_s"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
-    per_day = {day: eval_day(models, store, day, args.max_users, args.beam) for day in test_days}
-    timings["eval_s"] = round(time.perf_counter() - t, 1)
-    keys = ("recall_at_10", "ndcg_at_10", "long_view_recall_at_10", "long_view_ndcg_at_10", "hit_mean_q", "exposed_mean_q")
-    rows = []
-    for name in models:
-        r = {"model": name}
-        for k in keys:
-            vals = [per_day[d][name][k] for d in test_days if np.isfinite(per_day[d][name][k])]
-            r[k] = float(np.mean(vals)) if vals else float("nan")
-        rows.append(r)
+            sft, _ = run_sft(copy.deepcopy(pre), files, sids, args.sft_steps, args.sft_lr, seed)
+            timings[f"seed{seed}_sft_s"] = round(time.perf_counter() - t, 1)
+            models = {"pretrain": pre, "SFT": copy.deepcopy(sft)} if seed == seeds[0] else {"SFT": copy.deepcopy(sft)}
+            t = time.perf_counter()
+            models[control], _ = run_sft(copy.deepcopy(sft), files, sids, args.rl_steps, rl_lr, seed + 100)
+            timings[f"seed{seed}_control_s"] = round(time.perf_counter() - t, 1)
+            for spec in specs:
+                t = time.perf_counter()
+                torch.manual_seed(seed)
+                models[rl_names[spec]], c = run_rl(copy.deepcopy(sft), rl_files, sids, spec, args.rl_steps, rl_lr, trie, seed)
+                timings[f"seed{seed}_rl_{spec}_s"] = round(time.perf_counter() - t, 1)
+                if seed == seeds[0]:
+                    curves0[spec] = c
+            t = time.perf_counter()
+            per_day = {day: eval_day(models, store, day, args.max_users, args.beam) for day in test_days}
+            timings[f"seed{seed}_eval_s"] = round(time.perf_counter() - t, 1)
+            per_day_all[seed] = per_day
+            per_seed[seed] = {name: per_seed_metrics(per_day, test_days, name) for name in models}
+            if "pretrain" in per_seed[seeds[0]]:   # pretrain is seed-independent: the same figures for every seed
+                per_seed[seed].setdefault("pretrain", per_seed[seeds[0]]["pretrain"])
+            print(f"seed {seed}:", json.dumps({n: {k: round(v, 4) for k, v in m.items()} for n, m in per_seed[seed].items()}),
+                  flush=True)
+    rows = summarise(per_seed, names)
+    checks = bars(rows, rl_names[specs[0]])
     grad = {a: {"mean": float(np.mean(c["grad_norm"])), "max": float(np.max(c["grad_norm"])),
                 "p95": float(np.percentile(c["grad_norm"], 95)),
-                "rl_loss_last10": float(np.mean(c["rl_loss_feedback"][-10:])),
-                "adv_pos_share": float(np.mean(c["adv_pos_share"])), "adv_neg_share": float(np.mean(c["adv_neg_share"])),
-                "filtered_share": float(np.mean(c["filtered_share"]))} for a, c in curves.items()}
+                "adv_pos_share": float(np.mean(c.get("adv_pos_share", [0]))),
+                "adv_neg_share": float(np.mean(c.get("adv_neg_share", [0]))),
+                "group_hit_share": float(np.mean(c["group_hit_share"])) if "group_hit_share" in c else float("nan"),
+                "kl_ref_last10": float(np.mean(c["kl_ref"][-10:])) if "kl_ref" in c else float("nan")}
+            for a, c in curves0.items()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fig = plot(curves, RESULTS / "post_training.png")
-    table = markdown(rows, grad)
+    fig = plot(curves0, RESULTS / "post_training.png")
+    table = markdown(rows, grad, checks, rl_names[specs[0]])
     load1 = os.getloadavg()
     result = {"command": " ".join([".venv/bin/python", "benchmarks/post_training.py", *sys.argv[1:]]),
-              "train_days": train_days, "test_days": test_days, "train_samples": n_train,
-              "model_config": meta["model_config"], "args": vars(args), "rows": rows, "per_day": per_day,
-              "gradients": grad, "curves": curves, "timings": timings, "total_s": round(time.perf_counter() - t0, 1),
+              "train_days": train_days, "test_days": test_days, "train_samples": n_train, "seeds": seeds,
+              "model_config": meta["model_config"], "rl_config_default": dataclasses.asdict(rl.RLConfig()),
+              "args": vars(args), "rl_lr": rl_lr, "rows": rows, "bars": checks, "per_seed": per_seed,
+              "per_day": per_day_all, "gradients": grad, "curves_seed0": curves0, "timings": timings,
+              "total_s": round(time.perf_counter() - t0, 1),
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "load_average_start": load0, "load_average_end": load1},
               "markdown": table}
     Path(args.out).write_text(json.dumps(result, indent=2, default=float))
+    Path(args.out).with_suffix(".md").write_text(table)
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     mlflow.set_experiment("onerec-benchmarks")
     with mlflow.start_run(run_name="post_training"):
-        mlflow.log_params({"train_days": ",".join(train_days), "test_days": ",".join(test_days),
-                           "sft_steps": args.sft_steps, "rl_steps": args.rl_steps})
+        mlflow.log_params({"train_days": ",".join(train_days), "test_days": ",".join(test_days), "seeds": args.seeds,
+                           "sft_steps": args.sft_steps, "rl_steps": args.rl_steps, "rl_lr": rl_lr})
         for r in rows:
-            slug = r["model"].split("(")[0].strip().replace(" ", "_").replace("+", "plus").replace(":", "_")
-            mlflow.log_metrics({f"{slug}.{k}": v for k, v in r.items() if k != "model" and np.isfinite(v)})
+            slug = r["model"].split("(")[0].strip().replace(" ", "_").replace("+", "plus").replace(":", "_").replace("@", "_at_")
+            mlflow.log_metrics({f"{slug}.{k}": r[k]["mean"] for k in KEYS if np.isfinite(r[k]["mean"])})
         mlflow.log_figure(fig, "post_training.png")
         mlflow.log_text(table, "post_training.md")
     print(f"\nKuaiRand, train {train_days[0]}..{train_days[-1]} ({n_train} samples), held out {', '.join(test_days)}; "
-          f"{args.sft_steps} SFT + {args.rl_steps} RL steps x 64; total {result['total_s']} s "
+          f"{args.sft_steps} SFT + {args.rl_steps} RL steps x 64, seeds {args.seeds}; total {result['total_s']} s "
           f"(pipeline {timings['pipeline_s']} s); load {load0[0]:.1f} -> {load1[0]:.1f}\n")
     print(table)
     print(f"wrote {args.out} and {RESULTS / 'post_training.png'}")
     return 0
 
 
-def markdown(rows, grad) -> str:
-    f = lambda x: "-" if not np.isfinite(x) else f"{x:.4f}"  # noqa: E731
-    lines = ["| model | Recall@10 | NDCG@10 | long-view Recall@10 | long-view NDCG@10 | mean q of hits | mean q of watched recs |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {f(r['recall_at_10'])} | {f(r['ndcg_at_10'])} | {f(r['long_view_recall_at_10'])} | "
-              f"{f(r['long_view_ndcg_at_10'])} | {f(r['hit_mean_q'])} | {f(r['exposed_mean_q'])} |" for r in rows]
-    lines += ["", "| algorithm | grad norm mean | p95 | max | RL loss (last 10 steps) | A=+1 share | A=-1 share | filtered |",
+def markdown(rows, grad, checks, default) -> str:
+    def f(m):
+        if not np.isfinite(m["mean"]):
+            return "-"
+        return f"{m['mean']:.4f}" + (f" ± {m['half']:.4f}" if np.isfinite(m["half"]) else "")
+
+    def pct(m):
+        if not np.isfinite(m["mean"]):
+            return "-"
+        return f"{100 * m['mean']:+.1f}%" + (f" ± {100 * m['half']:.1f}" if np.isfinite(m["half"]) else "")
+
+    lines = ["| model | seeds | Recall@10 | NDCG@10 | long-view Recall@10 | long-view NDCG@10 | mean q of hits | "
+             "Recall@10 vs SFT | long-view R@10 vs SFT | mean q of hits vs SFT |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = " (default)" if r["model"] == default else ""
+        lines.append(f"| {r['model']}{mark} | {r['seeds']} | {f(r['recall_at_10'])} | {f(r['ndcg_at_10'])} | "
+                     f"{f(r['long_view_recall_at_10'])} | {f(r['long_view_ndcg_at_10'])} | {f(r['hit_mean_q'])} | "
+                     f"{pct(r['recall_at_10_vs_sft'])} | {pct(r['long_view_recall_at_10_vs_sft'])} | "
+                     f"{pct(r['hit_mean_q_vs_sft'])} |")
+    lines += ["", "| bar (issue #20) | measured | met |", "|---|---|---|"]
+    lines += [f"| {c['bar']} | {100 * c['value']:+.1f}% | {'yes' if c['met'] else 'NO'} |" for c in checks]
+    lines += ["", "| RL spec (seed 0) | grad norm mean | p95 | max | A=+1 share | A=-1 share | beam hit share | KL to SFT (last 10) |",
               "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {a.upper()} | {g['mean']:.3f} | {g['p95']:.3f} | {g['max']:.3f} | {g['rl_loss_last10']:.4f} | "
-              f"{g['adv_pos_share']:.3f} | {g['adv_neg_share']:.4f} | {g['filtered_share']:.3f} |" for a, g in grad.items()]
+    lines += [f"| {a} | {g['mean']:.3f} | {g['p95']:.3f} | {g['max']:.3f} | {g['adv_pos_share']:.3f} | "
+              f"{g['adv_neg_share']:.4f} | {g['group_hit_share']:.3f} | {g['kl_ref_last10']:.4f} |" for a, g in grad.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -82,11 +82,9 @@ def train_config(ctx):
 def prepare_files(ctx, sids, tmp: Path) -> tuple[list[str], int]:
     """Copy each day's samples to local parquet holding only trainable rows (the target has a semantic ID;
     optionally only positive feedback), one row group at a time so memory stays bounded."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from onerec.samples import with_known_target
+    from onerec.samples import positive_rows, with_known_target
 
     files, rows = [], 0
     only_positive = ctx.section.get("samples", "all") == "positive"
@@ -98,10 +96,7 @@ def prepare_files(ctx, sids, tmp: Path) -> tuple[list[str], int]:
         for g in range(pf.num_row_groups):
             t = with_known_target(pf.read_row_group(g), sids)
             if only_positive:
-                pos = pc.or_(pc.or_(pc.equal(t["like"], 1), pc.equal(t["follow"], 1)),
-                             pc.greater_equal(pc.divide(pc.cast(t["play_time_ms"], pa.float64()),
-                                                        pc.max_element_wise(pc.cast(t["duration_ms"], pa.float64()), 1.0)), 0.8))
-                t = t.filter(pc.fill_null(pos, False))
+                t = positive_rows(t)
             if t.num_rows:
                 writer = writer or pq.ParquetWriter(out, t.schema)
                 writer.write_table(t, row_group_size=2048)

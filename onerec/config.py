@@ -221,7 +221,8 @@ DEFAULTS: dict = {
     "sft": {                              # supervised fine-tuning of pretrain(D) (components/sft.py)
         "init": "pretrain",               # pretrain (the day's model) | champion (registry alias, same codebook only)
         "history_days": 1,                # days of exposures ending at D
-        "samples": "all",                 # all exposures | positive (like/follow/80% watched)
+        "samples": "positive",            # positive (like/follow/80% watched: what next-day recall asks for; on
+                                          #   KuaiRand it beat all exposures, benchmarks/results/post_training.md) | all
         "rsft": {"enabled": False,        # OneRec-V1 RSFT: drop the bottom `drop` share of sessions by play time
                  "drop": 0.5,
                  "session_key": "request_id"},

@@ -180,6 +180,14 @@ def collate_record(record: dict[str, np.ndarray], ts_ms: int, cfg: ModelConfig, 
                  target=torch.from_numpy(sids.lookup(np.array([item_id], dtype=np.int64))))
 
 
+def positive_rows(t: pa.Table) -> pa.Table:
+    """The rows with positive feedback: a like, a follow, or at least 80% of the video watched (SFT's `positive`)."""
+    watched = pc.divide(pc.cast(t["play_time_ms"], pa.float64()),
+                        pc.max_element_wise(pc.cast(t["duration_ms"], pa.float64()), 1.0))
+    pos = pc.or_(pc.or_(pc.equal(t["like"], 1), pc.equal(t["follow"], 1)), pc.greater_equal(watched, 0.8))
+    return t.filter(pc.fill_null(pos, False))
+
+
 def with_known_target(table: pa.Table, sids: SidTable) -> pa.Table:
     """Drop samples whose impressed item has no semantic ID yet (it arrived after the tokenizer ran)."""
     known = (sids.lookup(table["item_id"].to_numpy())[:, 0] >= 0)

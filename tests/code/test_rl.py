@@ -357,3 +357,18 @@ def test_format_reward_and_business_hook_reach_the_advantages():
     assert logpi.shape == adv.shape == (16,) and set(adv.tolist()) <= {1.0, -0.5}
     assert (adv == 1.0).float().mean().item() == pytest.approx(share)
     assert 0 < share < 1          # an untrained model samples valid and invalid SIDs alike
+
+
+def test_p_score_is_the_weighted_sum_of_task_probabilities():
+    """V1's P-score: sum_t w_t * sigmoid(logit_t), with the configured weights (dislike counts against)."""
+    from onerec import model as M
+    from onerec.reward_model import TASKS, RewardConfig, RewardModel
+
+    cfg = RewardConfig(d_model=8, hidden=8, weights={"q": 1.0, "like": 0.5, "dislike": -2.0})
+    rm = RewardModel(M.debug(), cfg)
+    logits = torch.tensor([[0.0, 2.0, 5.0, 5.0, 5.0, 1.0], [-1.0, 0.0, 0.0, 0.0, 0.0, -3.0]])
+    rm.forward = lambda b: logits                       # the fusion alone, on known logits
+    p = torch.sigmoid(logits)
+    want = p[:, 0] * 1.0 + p[:, 1] * 0.5 + p[:, TASKS.index("dislike")] * -2.0
+    assert torch.allclose(rm.p_score(None), want)
+    assert TASKS[:2] == ("q", "like")         # the column order the logits above assume
