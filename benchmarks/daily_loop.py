@@ -32,6 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from publish import publish  # noqa: E402  (benchmarks/publish.py: the script's own folder is on sys.path)
 RESULTS = REPO / "benchmarks" / "results"
 PAGE = 6
 Z95 = 1.959964
@@ -185,26 +186,14 @@ def main() -> int:
              "value": "-" if growth is None else f"{growth['mean']:+.2f} s [{growth['lo']:+.2f}, {growth['hi']:+.2f}]",
              "met": bool(growth is not None and growth["lo"] > 0)}]
     table = markdown(per_day, bars, champ)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     fig = figure(per_day)
-    fig.savefig(Path(args.out).with_suffix(".png"), dpi=110)
     result = {"command": " ".join([".venv/bin/python", "benchmarks/daily_loop.py", *sys.argv[1:]]),
               "days": days, "pipeline": pipeline, "champions": champ, "per_day": per_day, "bars": bars,
               "args": vars(args), "total_s": round(time.perf_counter() - t0, 1),
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average_end": os.getloadavg()},
-              "markdown": table}
-    Path(args.out).write_text(json.dumps(result, indent=2, default=float))
-    Path(args.out).with_suffix(".md").write_text(table)
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    mlflow.set_experiment("onerec-benchmarks")
-    with mlflow.start_run(run_name="daily_loop"):
-        mlflow.log_params({"days": len(days), "requests": args.requests, "config": Path(args.config).name})
-        for i, d in enumerate(days_scored):
-            mlflow.log_metrics({f"true_stay_s.{a}": m["mean"] for a, m in per_day[d]["models"].items()}, step=i + 1)
-        mlflow.log_figure(fig, "daily_loop.png")
-        mlflow.log_text(table, "daily_loop.md")
+              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average_end": os.getloadavg()}}
+    publish(args.out, result, table, fig, home,
+            {"days": len(days), "requests": args.requests, "config": Path(args.config).name},
+            [{}] + [{f"true_stay_s.{a}": m["mean"] for a, m in per_day[d]["models"].items()} for d in days_scored])
     print(table)
     print(f"total {result['total_s']} s (pipeline {pipeline['seconds']} s, exit {pipeline['returncode']}); wrote {args.out}")
     return 0

@@ -19,7 +19,7 @@ recommended item that they did watch on the held-out day: does the policy find w
 Intervals: mean over seeds +- the 95% t-interval of the seeds' means; "vs SFT" is the paired relative difference
 (same seed, same users). The bars of issue #20 are checked and printed.
 Curves: loss, RL loss and gradient norm (before clipping) per step of every RL spec (seed 0):
-benchmarks/results/post_training.png, also logged to MLflow (experiment onerec-benchmarks in --home).
+the .png next to --out, also logged to MLflow (experiment onerec-benchmarks in --home).
 Writes benchmarks/results/post_training.json and .md and prints the Markdown tables.
 """
 from __future__ import annotations
@@ -45,12 +45,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from components.common import load_model  # noqa: E402
 from onerec import evaluation, rl  # noqa: E402
 from onerec.item.trie import SidTrie  # noqa: E402
 from onerec.posttrain import RLObjective, collate_rl, items_per_sid  # noqa: E402
 from onerec.samples import SidTable, collate, positive_rows, with_known_target  # noqa: E402
 from onerec.store import StageDir, open_store  # noqa: E402
 from onerec.train import ParquetStream, TrainConfig, train  # noqa: E402
+from publish import publish  # noqa: E402  (benchmarks/publish.py: the script's own folder is on sys.path)
 
 RESULTS = REPO / "benchmarks" / "results"
 CONFIG = REPO / "configs" / "kuairand.yaml"
@@ -67,13 +69,6 @@ def ensure_pipeline(home: Path, days: list[str], pretrain_steps: int) -> None:
         print("onerec", " ".join(cmd), flush=True)
         subprocess.run([sys.executable, "-m", "components.cli", *cmd], cwd=REPO, env=env, check=True,
                        stdout=subprocess.DEVNULL)
-
-
-def load_model(d: StageDir):
-    sys.path.insert(0, str(REPO))
-    from components.pretrain import load_model as lm
-
-    return lm(d)
 
 
 def train_files(store, days, sids, tmp, positive: bool, tag: str) -> list[str]:
@@ -177,7 +172,7 @@ def eval_day(models: dict, store, day, max_users, beam):
     return out
 
 
-def plot(curves: dict, path: Path):
+def plot(curves: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,7 +191,6 @@ def plot(curves: dict, path: Path):
         ax.legend(fontsize=7)
     axes[0].set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
     return fig
 
 
@@ -335,8 +329,7 @@ def main() -> int:
                 "group_hit_share": float(np.mean(c["group_hit_share"])) if "group_hit_share" in c else float("nan"),
                 "kl_ref_last10": float(np.mean(c["kl_ref"][-10:])) if "kl_ref" in c else float("nan")}
             for a, c in curves0.items()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig = plot(curves0, RESULTS / "post_training.png")
+    fig = plot(curves0)
     table = markdown(rows, grad, checks, rl_names[specs[0]])
     load1 = os.getloadavg()
     result = {"command": " ".join([".venv/bin/python", "benchmarks/post_training.py", *sys.argv[1:]]),
@@ -346,27 +339,18 @@ def main() -> int:
               "per_day": per_day_all, "gradients": grad, "curves_seed0": curves0, "timings": timings,
               "total_s": round(time.perf_counter() - t0, 1),
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "load_average_start": load0, "load_average_end": load1},
-              "markdown": table}
-    Path(args.out).write_text(json.dumps(result, indent=2, default=float))
-    Path(args.out).with_suffix(".md").write_text(table)
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    mlflow.set_experiment("onerec-benchmarks")
-    with mlflow.start_run(run_name="post_training"):
-        mlflow.log_params({"train_days": ",".join(train_days), "test_days": ",".join(test_days), "seeds": args.seeds,
-                           "sft_steps": args.sft_steps, "rl_steps": args.rl_steps, "rl_lr": rl_lr})
-        for r in rows:
-            slug = r["model"].split("(")[0].strip().replace(" ", "_").replace("+", "plus").replace(":", "_").replace("@", "_at_")
-            mlflow.log_metrics({f"{slug}.{k}": r[k]["mean"] for k in KEYS if np.isfinite(r[k]["mean"])})
-        mlflow.log_figure(fig, "post_training.png")
-        mlflow.log_text(table, "post_training.md")
+                          "load_average_start": load0, "load_average_end": load1}}
+    slug = {r["model"]: r["model"].split("(")[0].strip().replace(" ", "_").replace("+", "plus").replace(":", "_")
+            .replace("@", "_at_") for r in rows}
+    png = publish(args.out, result, table, fig, home,
+                  {"train_days": ",".join(train_days), "test_days": ",".join(test_days), "seeds": args.seeds,
+                   "sft_steps": args.sft_steps, "rl_steps": args.rl_steps, "rl_lr": rl_lr},
+                  [{f"{slug[r['model']]}.{k}": r[k]["mean"] for r in rows for k in KEYS if np.isfinite(r[k]["mean"])}])
     print(f"\nKuaiRand, train {train_days[0]}..{train_days[-1]} ({n_train} samples), held out {', '.join(test_days)}; "
           f"{args.sft_steps} SFT + {args.rl_steps} RL steps x 64, seeds {args.seeds}; total {result['total_s']} s "
           f"(pipeline {timings['pipeline_s']} s); load {load0[0]:.1f} -> {load1[0]:.1f}\n")
     print(table)
-    print(f"wrote {args.out} and {RESULTS / 'post_training.png'}")
+    print(f"wrote {args.out} and {png}")
     return 0
 
 

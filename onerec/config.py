@@ -222,7 +222,7 @@ DEFAULTS: dict = {
         "init": "pretrain",               # pretrain (the day's model) | champion (registry alias, same codebook only)
         "history_days": 1,                # days of exposures ending at D
         "samples": "positive",            # positive (like/follow/80% watched: what next-day recall asks for; on
-                                          #   KuaiRand it beat all exposures, benchmarks/results/post_training.md) | all
+                                          #   KuaiRand it beat all exposures, benchmarks/results/README.md) | all
         "rsft": {"enabled": False,        # OneRec-V1 RSFT: drop the bottom `drop` share of sessions by play time
                  "drop": 0.5,
                  "session_key": "request_id"},
