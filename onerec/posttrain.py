@@ -197,11 +197,15 @@ class RLObjective(nn.Module):
                 loss = rl.policy_loss(cfg, tok, rl.token_old(tok, logpi, old), a)
             else:
                 loss = rl.policy_loss(cfg, logpi, old, a)
+            if cfg.loss_norm == "batch":
+                loss = loss * (float((adv != 0).sum()) / max(len(adv), 1))
             total = total + cfg.rl_weight * loss.float()
             stats.update(rl_loss_feedback=loss.item(), n_feedback=len(adv))
 
         if cfg.source == "beam" and cfg.rollout_users:
             loss, s = self._beam(rb, adv)
+            if cfg.loss_norm == "batch":           # each group counts as one of the batch's B samples
+                loss = loss * (s["n_groups"] / max(target.shape[0], 1))
             total = total + cfg.rl_weight * loss.float()
             stats.update(s)
 

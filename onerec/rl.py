@@ -17,6 +17,8 @@ Every loss takes log pi_theta (with gradient), pi_old (NaN where unknown: a lega
 pi_old = sg(pi_theta) as the V2 paper prescribes) and advantages A, and averages over the samples that
 carry a signal (A != 0): the scale then does not depend on how many samples the shaping filtered, and a
 batch with no positive and no negative is an exact no-op (loss 0, zero gradient, never NaN).
+posttrain scales that mean by RLConfig.loss_norm: by default (batch) x the batch's share of samples with
+a signal, so the RL term weighs in the batch as many samples as carry a signal (see loss_norm).
 """
 from __future__ import annotations
 
@@ -51,6 +53,12 @@ class RLConfig:
     rollout_users: int = 16          # samples of each batch that get a group (beam: logged positives/dislikes first)
     group_size: int = 16             # G members per group (advantage = reward normalised within the group)
     rank_penalty: float = 1.0        # beam: the non-target members share this negative reward, by 1 / log2(rank + 2)
+    # How the feedback/beam RL loss is scaled in a batch of B logged samples. batch: sum over the samples (a beam
+    #   group counts as one) / B, the PPO/GRPO convention: A = 0 samples count as zeros, so a batch with few
+    #   signals moves the policy little. signal: mean over the samples with A != 0 only; on KuaiRand ~5% of the rows
+    #   carry a signal (q is null without a peer group), so 3 samples then outweigh the batch's 64-sample NLL ~20x
+    #   and RL loses a third of Recall@10 (benchmarks/results/README.md#post-training).
+    loss_norm: str = "batch"
     kl_weight: float = 0.1           # + exact per-level KL(pi || reference) on the logged samples: the SFT anchor
     select_every: int = 0            # checkpoint selection: score held-out rows every N steps, keep the best (0 = off)
     validation_share: float = 0.1    # ...the newest 10% of the RL samples (by time) are held out for it
@@ -73,6 +81,8 @@ class RLConfig:
             raise ValueError(f"rl.source must be one of {SOURCES}, got {self.source!r}")
         if self.ratio not in RATIOS:
             raise ValueError(f"rl.ratio must be one of {RATIOS}, got {self.ratio!r}")
+        if self.loss_norm not in ("batch", "signal"):
+            raise ValueError(f"rl.loss_norm must be 'batch' or 'signal', got {self.loss_norm!r}")
         if self.ties not in ("rank", "strict"):
             raise ValueError(f"rl.ties must be 'rank' or 'strict', got {self.ties!r}")
         if not 0 < self.top_quantile < 1:

@@ -372,3 +372,29 @@ def test_p_score_is_the_weighted_sum_of_task_probabilities():
     want = p[:, 0] * 1.0 + p[:, 1] * 0.5 + p[:, TASKS.index("dislike")] * -2.0
     assert torch.allclose(rm.p_score(None), want)
     assert TASKS[:2] == ("q", "like")         # the column order the logits above assume
+
+
+@pytest.mark.parametrize("source", ["feedback", "beam"])
+def test_batch_loss_norm_scales_the_rl_term_by_the_share_of_the_batch_with_signal(source):
+    """loss_norm=batch (the default): the RL term is the signal-mean times (signals / batch size), so 2 positives in
+    a batch of 32 weigh 2/32 of it, as zeros among the batch's samples; `signal` gives them the whole weight. The
+    model, batch and gradients are otherwise identical."""
+    import rl_world as W
+
+    q = np.r_[np.linspace(0.2, 0.9, 8), np.full(24, NAN)]       # 8 valid q: the top 25% of them, 2 rows, are positive
+    losses = {}
+    for norm in ("batch", "signal"):
+        cfg = rl.RLConfig(source=source, group_size=4, rollout_users=8, gen_loss_weight=0.0, kl_weight=0.0,
+                          loss_norm=norm)
+        torch.manual_seed(0)
+        obj, _ = W.objective(cfg)
+        torch.manual_seed(1)
+        _, loss = obj(W.batch(obj, W.rows(32, q=q), cfg))
+        st = obj.pop_stats()
+        losses[norm] = (loss.item(), st)
+    key = "rl_loss_feedback" if source == "feedback" else "rl_loss_beam"
+    signal = losses["signal"][0]
+    assert signal != 0 and losses["signal"][1][key] == pytest.approx(signal)
+    assert losses["batch"][0] == pytest.approx(signal * 2 / 32, rel=1e-5)
+    with pytest.raises(ValueError, match="loss_norm"):
+        rl.RLConfig(loss_norm="mean")
