@@ -110,9 +110,11 @@ def run(ctx) -> dict:
     from onerec.samples import SidTable
 
     tables = {"challenger": SidTable.from_table(tokenize_dir.read_table("sids")), "champion": champion_sids}
-    pages = _pages(served, tables, slate)
-    play_map = _play_time_map(ctx, impressions)
     world = world_simulator(ctx)
+    # replaying an earlier day against a newer champion: the world cannot expose an item it did not have yet
+    exists = None if world is None else (lambda items, i: world.exists(items, reqs.ts[i:i + 1]))
+    pages = _pages(served, tables, slate, exists)
+    play_map = _play_time_map(ctx, impressions)
     if world is not None:
         scores, pairs = _simulate_world(ctx, world, reqs, pages)
     else:
@@ -160,9 +162,10 @@ def run(ctx) -> dict:
     return out
 
 
-def _pages(served, tables, slate: int) -> list[dict]:
+def _pages(served, tables, slate: int, exists=None) -> list[dict]:
     """Per served request: the exposed page (top `slate` valid items) and which returned items were invalid
-    (unknown to the arm's own SID table, or returned with another SID than the table's)."""
+    (unknown to the arm's own SID table, returned with another SID than the table's, or, with `exists(items,
+    index)`, not yet in the catalog at the request's time)."""
     import numpy as np
 
     pages = []
@@ -175,6 +178,8 @@ def _pages(served, tables, slate: int) -> list[dict]:
             for j, it in enumerate(sv.items):
                 sid = list(it.get("sid") or [])
                 invalid[j] = known[j, 0] < 0 or known[j, :len(sid)].tolist() != sid
+        if len(items) and exists is not None:
+            invalid |= ~exists(items, sv.index)
         keep = np.nonzero(~invalid)[0][:slate]
         pages.append({"request": sv.index, "items": items[keep], "invalid": invalid,
                       "gen_prob": np.array([sv.items[j]["gen_prob"] for j in keep], np.float64)})

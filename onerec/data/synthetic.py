@@ -248,6 +248,13 @@ class WorldSimulator:
             raise BadInput(f"world simulator: a user or item id does not exist by day {k} of the world")
         return _affinity(U[users], V[items], quality[items])
 
+    def exists(self, item_ids, ts_ms) -> np.ndarray:
+        """True where the item has arrived in the world by time ts (a replay of an earlier day against a newer model
+        can be served items the world did not have yet: they cannot be exposed then)."""
+        items = np.asarray(item_ids, np.int64)
+        n_items = len(self._latent(self._day(ts_ms))[1])
+        return (items >= 0) & (items < n_items)
+
     def respond(self, user_ids, item_ids, ts_ms, seed) -> dict[str, np.ndarray]:
         """One draw of the world's response to each (user, item) impression at ts: play_time_ms, duration_ms,
         click, like, follow, comment, forward, dislike. `seed` (int or sequence) fixes the draw."""
