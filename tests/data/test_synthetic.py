@@ -106,5 +106,9 @@ def test_world_simulator_draws_from_the_response_model_that_made_the_logs():
 
     with pytest.raises(BadInput, match="does not exist"):
         sim.respond([0], [catalog.max() + 1], [ts.max()], seed=0)     # an item that arrives later
+    # ...and `exists` says so without raising: a replay against a newer model filters such items out
+    assert sim.exists([0, catalog.max(), catalog.max() + 1], [ts.max()]).tolist() == [True, True, False]
+    later = load(date="2026-01-04", **W).items["item_id"].to_numpy().max()
+    assert later > catalog.max() and sim.exists([later], [ts.max() + DAY_MS]).tolist() == [True]
     with pytest.raises(BadInput, match="before the world's start_date"):
         sim.respond([0], [0], [day_start_ms("2025-12-01")], seed=0)
