@@ -106,17 +106,16 @@ def parse_spec(spec: str) -> dict:
         out["ratio"] = ratio
     if source:
         out["source"] = source
-    fields = {f.name: f.type for f in dataclasses.fields(rl.RLConfig)}
+    from onerec.config import parse_set
+
+    fields = {f.name for f in dataclasses.fields(rl.RLConfig)}
     for opt in opts:
-        key, _, value = opt.partition("=")
-        if key == "samples":
-            if value not in ("positive", "all"):
-                raise SystemExit(f"spec {spec!r}: samples must be positive or all")
-            out[key] = value
-        elif key in fields:
-            out[key] = type(getattr(rl.RLConfig(), key))(value) if getattr(rl.RLConfig(), key) is not None else value
-        else:
-            raise SystemExit(f"spec {spec!r}: {key!r} is not an RLConfig field")
+        (key, *rest), value = parse_set(opt)       # the CLI's --set rule: YAML values (0.5, false, null)
+        if rest or key not in fields | {"samples"}:
+            raise SystemExit(f"spec {spec!r}: {opt.partition('=')[0]!r} is not an RLConfig field or samples")
+        if key == "samples" and value not in ("positive", "all"):
+            raise SystemExit(f"spec {spec!r}: samples must be positive or all")
+        out[key] = value
     return out
 
 
