@@ -212,12 +212,18 @@ class CrossAttention(nn.Module):
     def forward(self, x, k, v, ctx_mask):
         B, T, D = x.shape
         q = self.q(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
+        mask = ctx_mask[:, None, None, :]
         if self.lazy:   # k, v: (B, S, G_kv, d_head)
             k, v = k.transpose(1, 2), v.transpose(1, 2)
+            G = k.shape[1]
+            if G != self.n_heads:
+                # GQA as G attentions of (H/G)*T queries each: head h reads group h // (H/G), as enable_gqa does,
+                # but without expanding K/V per head (CPU flash attention cost is per (batch, head) block).
+                y = F.scaled_dot_product_attention(q.reshape(B, G, -1, self.d_head), k, v, attn_mask=mask)
+                return self.out(y.view(B, self.n_heads, T, self.d_head).transpose(1, 2).reshape(B, T, D))
         else:           # k is the encoder output (B, S, D)
             k, v = self.kv(k).view(B, -1, 2, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx_mask[:, None, None, :],
-                                           enable_gqa=k.shape[1] != self.n_heads)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -293,10 +299,13 @@ class ContextEmbedding(nn.Module):
 
     def forward(self, batch: Batch):
         parts, masks = [self.user(batch.user)[:, None]], [torch.ones_like(batch.user[:, :1], dtype=torch.bool)]
-        for name, _ in self.cfg.pathways:
-            p = batch.paths[name]
-            e = self.item(p.item) + sum(emb(p.sid[..., i]) for i, emb in enumerate(self.sid))
-            parts.append(self.proj[name](torch.cat([e, p.feat], dim=-1)))
+        paths = [batch.paths[name] for name, _ in self.cfg.pathways]
+        # One lookup per table over every pathway: the backward of a dense nn.Embedding zero-fills a gradient the
+        # size of the whole table per call, which on CPU cost more than the decoder (65536 item buckets x 3 calls).
+        sid = torch.cat([p.sid for p in paths], dim=1)
+        e = self.item(torch.cat([p.item for p in paths], dim=1)) + sum(emb(sid[..., i]) for i, emb in enumerate(self.sid))
+        for (name, _), p, e_p in zip(self.cfg.pathways, paths, e.split([p.item.shape[1] for p in paths], dim=1)):
+            parts.append(self.proj[name](torch.cat([e_p, p.feat], dim=-1)))
             masks.append(p.mask)
         return residual_dropout(torch.cat(parts, dim=1), self.cfg.dropout, self.training), torch.cat(masks, dim=1)
 

@@ -226,3 +226,24 @@ def test_rmsnorm_is_one_formula_with_and_without_grad():
     y.square().sum().backward()
     assert norm.weight.grad is not None and x.grad is not None and torch.isfinite(x.grad).all()
 
+
+
+def test_context_embedding_equals_one_lookup_per_pathway():
+    """The single table lookup over all pathways gives the per-pathway formula, values and gradients."""
+    torch.manual_seed(0)
+    cfg = M.debug()
+    ce = M.OneRec(cfg).context
+    batch = rand_batch(cfg, B=3, fill=0.6)
+    got, mask = ce(batch)
+    parts = [ce.user(batch.user)[:, None]]
+    for name, _ in cfg.pathways:
+        p = batch.paths[name]
+        e = ce.item(p.item) + sum(emb(p.sid[..., i]) for i, emb in enumerate(ce.sid))
+        parts.append(ce.proj[name](torch.cat([e, p.feat], -1)))
+    want = torch.cat(parts, 1)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(mask[:, 1:], torch.cat([batch.paths[n].mask for n, _ in cfg.pathways], 1))
+    w = torch.randn_like(got)
+    g_got = torch.autograd.grad((got * w).sum(), [ce.item.weight, ce.sid[0].weight])
+    g_want = torch.autograd.grad((want * w).sum(), [ce.item.weight, ce.sid[0].weight])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_got, g_want))
