@@ -297,7 +297,7 @@ def train(model: torch.nn.Module, stream: ParquetStream, cfg: TrainConfig, ckpt:
     no_decay = [p for n, p in raw.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type in ("cuda", "cpu"))
+                                  lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
     sharded = world > 1 and cfg.strategy == "fsdp"
     if pending is not None:

@@ -102,3 +102,56 @@ def test_real_beauty_counts():
     assert info["samples"] == {"train": 198_502 - 3 * 22_363, "valid": 22_363, "test": 22_363}
     test = loo.only(split.samples, "test")
     assert test.num_rows == len(set(test["user_id"].to_pylist())) == 22_363
+
+
+def _reference_collab(sequences: dict, item_ids: np.ndarray, dim: int, window: int) -> np.ndarray:
+    """Dense PPMI of the training parts (loops), then numpy's SVD: the formula of collaborative_vectors."""
+    n = len(item_ids)
+    at = {int(i): k for k, i in enumerate(item_ids)}
+    C = np.zeros((n, n))
+    for seq in sequences.values():
+        train = seq[:len(seq) - 2]
+        for i in range(len(train)):
+            for j in range(i + 1, min(len(train), i + window + 1)):
+                if train[i] != train[j]:
+                    C[at[train[i]], at[train[j]]] += 1
+                    C[at[train[j]], at[train[i]]] += 1
+    row = C.sum(1)
+    ctx = row ** 0.75
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pmi = np.log(C * ctx.sum() / (row[:, None] * ctx[None, :]))
+    ppmi = np.where((C > 0) & (pmi > 0), pmi, 0.0)
+    u, s, _ = np.linalg.svd(ppmi)
+    vec = u[:, :dim] * np.sqrt(s[:dim])
+    norm = np.linalg.norm(vec, axis=1, keepdims=True)
+    return np.where(norm > 1e-6, vec / np.maximum(norm, 1e-12), 0.0)
+
+
+def test_collaborative_vectors_equal_dense_ppmi_svd_and_never_see_the_held_out_items(folder, tmp_path):
+    ids = np.arange(1, 41)
+    imp = loo.load(folder, CFG).impressions
+    got = loo.collaborative_vectors(imp, ids, dim=4, window=2)
+    want = _reference_collab(SEQUENCES, ids, 4, 2)
+    assert got.shape == (40, 4)
+    # the rank-4 subspace is unique up to signs of its columns: compare the item-item cosines
+    assert np.allclose(got @ got.T, want @ want.T, atol=1e-5)
+    seen = {i for s in SEQUENCES.values() for i in s[:len(s) - 2] if len(s) > 3}   # items of a training pair
+    assert set(ids[np.abs(got).sum(1) > 0].tolist()) == seen
+    # other valid / test targets (each user's last two items): the vectors do not move
+    other = {u: s[:-2] + [40, 39] for u, s in SEQUENCES.items()}
+    root = tmp_path / "Toys"
+    root.mkdir()
+    (root / "Toys.txt").write_text("".join(f"{u} {' '.join(map(str, s))}\n" for u, s in other.items()))
+    (root / "Toys_item2attributes.json").write_text((folder / "Toys_item2attributes.json").read_text())
+    assert np.array_equal(loo.collaborative_vectors(loo.load(root, CFG).impressions, ids, 4, 2), got)
+
+
+def test_collaborative_sids_need_the_sequences_and_split_identical_text(folder, split):
+    ds = loo.load(folder, CFG)
+    cf = loo.LOOConfig(short_len=4, long_len=3, codebook_size=8, progress=False, collaborative=1.0, collab_dim=4)
+    with pytest.raises(ValueError, match="impressions"):
+        loo.item_sids(ds.items, cf)
+    with pytest.warns(UserWarning):
+        table, stats = loo.item_sids(ds.items, cf, impressions=ds.impressions)
+    assert stats["vector_dim"] == split.info["sids"]["vector_dim"] + 4
+    assert table["item_id"].to_pylist() == split.sids["item_id"].to_pylist()
