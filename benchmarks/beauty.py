@@ -330,7 +330,10 @@ def model_config(args, arch: str, sizes: tuple):
     from onerec import model as M
 
     pathways = (("short", args.short_len), ("positive", args.short_len), ("long", args.long_len))
-    lazy = M.build(args.preset, pathways=pathways, codebook_sizes=sizes, dropout=args.dropout)
+    extra = {k: v for k, v in (("embed_dim", args.embed_dim), ("kv_groups", args.kv_groups),
+                                ("kv_split", args.kv_split), ("kv_layers", args.kv_layers)) if v}
+    lazy = M.build(args.preset, pathways=pathways, codebook_sizes=sizes, dropout=args.dropout,
+                   recency_positions=args.positions, label_smoothing=args.label_smoothing, **extra)
     if arch == "lazy":
         return lazy
     import torch
@@ -360,6 +363,18 @@ def hardware(device) -> dict:
     return out
 
 
+def item_leaf(sids, semantic_levels: int):
+    """The semantic levels, then one token that is the item's own index (0..n-1) instead of TIGER's collision
+    number: the last head becomes an item-id classifier, which the trie restricts to the items under the decoded
+    prefix. TIGER's number means nothing across prefixes (item 3 of one brand+category and item 3 of another
+    share one output row), so with 67% of Beauty's items in shared codes that head had to tell items apart with
+    rows it shares between unrelated items."""
+    from onerec.samples import SidTable
+
+    leaf = np.arange(len(sids.item_ids), dtype=np.int64)[:, None]
+    return SidTable(sids.item_ids, np.concatenate([sids.sids[:, :semantic_levels], leaf], axis=1))
+
+
 def run_one(args, folder: Path, sids_name: str, arch: str, seed: int, device) -> dict:
     import torch
 
@@ -372,6 +387,8 @@ def run_one(args, folder: Path, sids_name: str, arch: str, seed: int, device) ->
     info = json.loads((folder / "info.json").read_text())
     sid_stats = json.loads((folder / f"sids_{sids_name}.json").read_text())
     sids = SidTable.from_table(pq.read_table(folder / f"sids_{sids_name}.parquet"))
+    if args.item_leaf:
+        sids = item_leaf(sids, len(sid_stats.get("sizes") or []) or sids.sids.shape[1] - 1)
     sizes = sids.vocab_sizes(sid_stats.get("sizes") or [])
     trie = SidTrie.build(sids.sids, sids.item_ids)
     samples = with_known_target(pq.read_table(folder / "samples.parquet"), sids)
@@ -436,6 +453,15 @@ def run_one(args, folder: Path, sids_name: str, arch: str, seed: int, device) ->
                      not args.quiet) if args.full_valid else \
         next((dict((k, h[k]) for k in h if k.startswith(("recall", "ndcg"))) for h in history if h["step"] == best["step"]), {})
     test = evaluate(model, data["test"], trie, truth["test"], args.beam, args.eval_batch, "test", not args.quiet)
+    # the same selected weights at other beam widths (the beam is chosen on validation, never on test)
+    by_beam = {b: {"valid": evaluate(model, data["sub"], trie, truth["sub"], b, args.eval_batch, f"valid beam {b}",
+                                     not args.quiet),
+                   "test": evaluate(model, data["test"], trie, truth["test"], b, args.eval_batch, f"test beam {b}",
+                                    not args.quiet)}
+               for b in (int(x) for x in args.eval_beams.split(",") if x.strip()) if b != args.beam}
+    for b, r in by_beam.items():
+        print(f"   beam {b}: valid N@10 {r['valid']['ndcg_at_10']:.4f}  test R@10 {r['test']['recall_at_10']:.4f} "
+              f"N@10 {r['test']['ndcg_at_10']:.4f}", flush=True)
     final_eval_s = time.perf_counter() - t1
     last = history[-1]["step"] if history else 0
     return {"dataset": info["dataset"], "sids": sids_name, "arch": arch, "seed": seed,
@@ -443,14 +469,16 @@ def run_one(args, folder: Path, sids_name: str, arch: str, seed: int, device) ->
             "d_model": cfg.d_model, "params": model.num_params(), "sid_levels": len(sizes), "codebook_sizes": list(sizes),
             "sid_source": sid_stats.get("source"), "sid_collision_rate_native": (sid_stats.get("native") or {}).get("collision_rate"),
             "sid_collision_rate": sid_stats.get("collision_rate"),
-            "batch": args.batch, "lr": args.lr, "dropout": args.dropout, "beam": args.beam, "steps_per_epoch": steps_per_epoch,
+            "batch": args.batch, "lr": args.lr, "dropout": args.dropout, "beam": args.beam,
+            "positions": cfg.recency_positions, "item_leaf": args.item_leaf, "label_smoothing": cfg.label_smoothing, "embed_dim": cfg.embed_dim,
+            "kv": [cfg.kv_groups, cfg.kv_split, cfg.kv_layers], "steps_per_epoch": steps_per_epoch,
             "max_steps": max_steps, "steps_run": last, "epochs_run": round(last / steps_per_epoch, 2),
             "best_step": best["step"], "stopped": stopped, "train_samples": int(data["train"].target.shape[0]),
             "valid_users": int(len(truth["valid"] if args.full_valid else truth["sub"])), "test_users": int(len(truth["test"])),
             "collate_seconds": round(collate_s, 1), "train_seconds": round(train_s, 1),
             "train_samples_per_s": round(last * args.batch / max(train_s, 1e-9), 1),
             "eval_seconds": round(eval_seconds + final_eval_s, 1), "wall_seconds": round(time.perf_counter() - t_start, 1),
-            "valid": valid, "test": test, "history": history}
+            "valid": valid, "test": test, "history": history, "by_beam": by_beam}
 
 
 def parse(argv=None):
@@ -471,6 +499,14 @@ def parse(argv=None):
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--dropout", type=float, default=0.0, help="residual and context dropout of the model")
+    ap.add_argument("--item-leaf", action="store_true", help="last SID token = the item's own index (an item-id "
+                    "head under the semantic prefix) instead of the collision number")
+    ap.add_argument("--positions", action="store_true", help="learned recency-rank embedding of the context items")
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="of the per-level training cross-entropy")
+    ap.add_argument("--embed-dim", type=int, default=0, help="item/SID embedding width (0: the preset's)")
+    ap.add_argument("--kv-groups", type=int, default=0, help="G_kv of the lazy cross-attention (0: the preset's)")
+    ap.add_argument("--kv-split", type=int, default=0, help="S_kv: 2 separates K and V (0: the preset's)")
+    ap.add_argument("--kv-layers", type=int, default=0, help="L_kv: distinct context K/V sets (0: the preset's)")
     ap.add_argument("--length-buckets", type=int, default=0, help="batches per length-sorted chunk (0: plain "
                     "shuffle); batches are trimmed to their longest history")
     ap.add_argument("--eval-every", type=int, default=0, help="steps between validation evaluations (0: one epoch)")
@@ -481,6 +517,8 @@ def parse(argv=None):
                     "report the early-stopping subset's numbers at the best step)")
     ap.add_argument("--time-budget-min", type=float, default=0.0, help="stop training after this many minutes (0: none)")
     ap.add_argument("--beam", type=int, default=32)
+    ap.add_argument("--eval-beams", default="", help="comma list: also score the selected weights at these beam "
+                    "widths (validation subset and test), to choose the beam on validation")
     ap.add_argument("--eval-batch", type=int, default=512)
     ap.add_argument("--short-len", type=int, default=20)
     ap.add_argument("--long-len", type=int, default=16)

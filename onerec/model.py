@@ -50,6 +50,10 @@ class ModelConfig:
     user_feat_dim: int = 8           # static profile features (one context token)
     pathways: tuple = (("short", 20), ("positive", 64), ("long", 32))  # (name, max length)
     dropout: float = 0.0             # residual-branch and context dropout while training (0 = off)
+    recency_positions: bool = False  # learned embedding of each context item's rank from the newest, per pathway:
+                                     # without it the cross-attention sees the history as a set (order only via
+                                     # the hours-ago feature, which is flat where many events share a day)
+    label_smoothing: float = 0.0     # of the per-level cross-entropy while training (0 = plain NLL)
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -296,6 +300,8 @@ class ContextEmbedding(nn.Module):
         self.user = nn.Linear(cfg.user_feat_dim, out_dim)
         self.proj = nn.ModuleDict({name: nn.Linear(cfg.embed_dim + cfg.item_feat_dim, out_dim)
                                    for name, _ in cfg.pathways})
+        if cfg.recency_positions:   # one table per pathway: rank 0 of "long" is older than every "short" item
+            self.recency = nn.ModuleDict({name: nn.Embedding(n, cfg.embed_dim) for name, n in cfg.pathways})
 
     def forward(self, batch: Batch):
         parts, masks = [self.user(batch.user)[:, None]], [torch.ones_like(batch.user[:, :1], dtype=torch.bool)]
@@ -305,6 +311,10 @@ class ContextEmbedding(nn.Module):
         sid = torch.cat([p.sid for p in paths], dim=1)
         e = self.item(torch.cat([p.item for p in paths], dim=1)) + sum(emb(sid[..., i]) for i, emb in enumerate(self.sid))
         for (name, _), p, e_p in zip(self.cfg.pathways, paths, e.split([p.item.shape[1] for p in paths], dim=1)):
+            if self.cfg.recency_positions:   # pathways are left-aligned (0 = oldest kept): rank = length - 1 - column
+                n = p.mask.shape[1]
+                rank = p.mask.sum(1, keepdim=True) - 1 - torch.arange(n, device=p.mask.device)
+                e_p = e_p + self.recency[name](rank.clamp_(0, self.recency[name].num_embeddings - 1))
             parts.append(self.proj[name](torch.cat([e_p, p.feat], dim=-1)))
             masks.append(p.mask)
         return residual_dropout(torch.cat(parts, dim=1), self.cfg.dropout, self.training), torch.cat(masks, dim=1)
@@ -444,7 +454,9 @@ class OneRec(nn.Module):
         logits = self.heads(h)
         loss = None
         if batch.target is not None:
-            loss = torch.stack([F.cross_entropy(lg.float(), batch.target[:, i]) for i, lg in enumerate(logits)]).mean()
+            smooth = self.cfg.label_smoothing if self.training else 0.0
+            loss = torch.stack([F.cross_entropy(lg.float(), batch.target[:, i], label_smoothing=smooth)
+                                for i, lg in enumerate(logits)]).mean()
         return logits, loss
 
     def moe_layers(self) -> list[MoE]:

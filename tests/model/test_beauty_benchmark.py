@@ -41,7 +41,7 @@ def test_beauty_cli_and_results_page(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "beauty.py"), "--dataset", str(data), "--sids", "ours,cf,rkmeans",
            "--arch", "lazy", "--seeds", "0", "--device", "cpu", "--threads", "1", "--preset", "debug",
            "--max-steps", "2", "--eval-every", "1", "--patience", "1", "--batch", "16", "--beam", "10",
-           "--max-valid", "8", "--length-buckets", "2", "--short-len", "4", "--long-len", "2", "--codebook-size", "4",
+           "--max-valid", "8", "--length-buckets", "2", "--eval-beams", "4,10", "--positions", "--label-smoothing", "0.1", "--short-len", "4", "--long-len", "2", "--codebook-size", "4",
            "--prep-dir", str(tmp_path / "prep"), "--out", str(out), "--quiet"]
     env = {**os.environ, "ONEREC_HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=230)
@@ -59,6 +59,8 @@ def test_beauty_cli_and_results_page(tmp_path):
             assert set(METRICS) <= set(r[split])
             assert all(0.0 <= r[split][m] <= 1.0 for m in METRICS)
         assert r["sid_collision_rate"] == 0.0          # every item has its own SID
+        assert list(r["by_beam"]) == ["4"] and set(METRICS) <= set(r["by_beam"]["4"]["test"])   # 10 is the main beam
+        assert r["positions"] and r["label_smoothing"] == 0.1
     ours, cf, pub = rows
     assert ours["sid_levels"] == 4                      # 3 RQ-KMeans levels + the disambiguation token
     # 15 distinct attribute texts for 40 items: the co-occurrence block splits the items that share one
@@ -149,3 +151,26 @@ def test_sorted_trimmed_evaluation_equals_plain_beam_search():
         ranked = [[r.item_id for r in recs] for recs in decoding.resolve(trie, gen, 10)]
     want = ranking_metrics(ranked, [{int(t)} for t in truths], (5, 10))
     assert got == {k: v for k, v in want.items() if not k.startswith("hr_")} and got["recall_at_10"] > 0
+
+
+def test_item_leaf_keeps_the_semantic_prefix_and_gives_every_item_its_own_last_token():
+    from onerec.item.trie import SidTrie
+    from onerec.samples import SidTable
+
+    beauty = _beauty()
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 3, size=(50, 3))                          # 27 prefixes for 50 items: many shared
+    extra = np.zeros((50, 1), dtype=np.int64)
+    for key in {tuple(c) for c in codes}:                             # TIGER's collision number
+        rows = np.nonzero((codes == key).all(1))[0]
+        extra[rows, 0] = np.arange(len(rows))
+    ids = np.arange(100, 150)
+    table = SidTable(ids, np.concatenate([codes, extra], 1))
+    leaf = beauty.item_leaf(table, 3)
+    assert np.array_equal(leaf.item_ids, ids) and np.array_equal(leaf.sids[:, :3], codes)
+    assert np.array_equal(leaf.sids[:, 3], np.arange(50)) and leaf.vocab_sizes([3, 3, 3]) == (3, 3, 3, 50)
+    assert table.vocab_sizes([3, 3, 3])[3] < 50                       # the collision number's vocabulary is smaller
+    trie = SidTrie.build(leaf.sids, leaf.item_ids)                   # a valid trie: one leaf per item
+    assert trie.depth == 4
+    # no extra level yet (3 columns, 3 semantic levels): the leaf is appended
+    assert beauty.item_leaf(SidTable(ids, codes), 3).sids.shape == (50, 4)

@@ -247,3 +247,56 @@ def test_context_embedding_equals_one_lookup_per_pathway():
     g_got = torch.autograd.grad((got * w).sum(), [ce.item.weight, ce.sid[0].weight])
     g_want = torch.autograd.grad((want * w).sum(), [ce.item.weight, ce.sid[0].weight])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_got, g_want))
+
+
+def _reverse_history(batch: M.Batch, n: int) -> M.Batch:
+    """Every pathway holds its first n columns (all real) in reverse order, then padding."""
+    def rev(p):
+        idx = torch.cat([torch.arange(n - 1, -1, -1), torch.arange(n, p.mask.shape[1])])
+        mask = torch.zeros_like(p.mask)
+        mask[:, :n] = True
+        return M.Pathway(p.item[:, idx] * mask, p.sid[:, idx], p.feat[:, idx], mask)
+    return M.Batch(batch.user, {k: rev(p) for k, p in batch.paths.items()}, batch.target)
+
+
+def test_recency_positions_make_the_context_an_ordered_sequence():
+    """Without positions the cross-attention sees the history as a set: reversing it changes nothing. With them
+    the same items in another order give other logits, and cutting trailing padding columns (the benchmark's
+    trim) changes nothing, because a rank is counted from each row's own newest event."""
+    torch.manual_seed(0)
+    base = rand_batch(M.debug(), B=3, fill=1.0)
+    left = _reverse_history(_reverse_history(base, 5), 5)   # first 5 columns real, the rest padding
+    flipped = _reverse_history(left, 5)
+    plain = M.OneRec(M.debug()).eval()
+    ordered = M.OneRec(M.debug(recency_positions=True)).eval()
+    with torch.no_grad():
+        for m in (plain, ordered):   # the new tables start like every embedding: small random vectors
+            for e in getattr(m.context, "recency", {}).values():
+                e.weight.normal_(0, 1.0)
+        torch.testing.assert_close(plain(flipped)[0], plain(left)[0], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(ordered(flipped)[0][0], ordered(left)[0][0], atol=1e-3)
+        cut = M.Batch(left.user, {k: M.Pathway(p.item[:, :5], p.sid[:, :5], p.feat[:, :5], p.mask[:, :5])
+                                  for k, p in left.paths.items()}, left.target)
+        torch.testing.assert_close(ordered(cut)[0], ordered(left)[0], atol=1e-5, rtol=1e-5)
+    assert sum(e.weight.numel() for e in ordered.context.recency.values()) == \
+        sum(n for _, n in M.debug().pathways) * M.debug().embed_dim
+
+
+def test_label_smoothing_is_the_reference_formula_in_training_only():
+    eps, cfg = 0.2, M.debug(label_smoothing=0.2)
+    torch.manual_seed(0)
+    model = M.OneRec(cfg)
+    batch = rand_batch(cfg, B=6)
+    model.train()
+    logits, loss = model(batch)
+    want = []
+    for i, lg in enumerate(logits):
+        logp = F.log_softmax(lg.float(), -1)
+        nll = -logp.gather(1, batch.target[:, i:i + 1].long()).squeeze(1)
+        want.append(((1 - eps) * nll - eps * logp.mean(-1)).mean())
+    torch.testing.assert_close(loss, torch.stack(want).mean())
+    model.eval()
+    with torch.no_grad():
+        logits, loss = model(batch)
+    plain = torch.stack([F.cross_entropy(lg.float(), batch.target[:, i]) for i, lg in enumerate(logits)]).mean()
+    torch.testing.assert_close(loss, plain)
