@@ -51,10 +51,17 @@ def load_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
+# lever fields of beauty.py rows and their values in rows written before the field existed (the `small` preset)
+LEVER_DEFAULTS = {"positions": False, "label_smoothing": 0.0, "embed_dim": 32, "item_leaf": False, "kv": [2, 1, 1]}
+
+
+def _lever(r: dict, key: str):
+    return r.get(key, LEVER_DEFAULTS[key])
+
+
 def _setting(r: dict) -> tuple:
     return (r["dataset"], r["sids"], r["arch"], r["batch"], r["lr"], r["hardware"].get("label", r["hardware"]["device"]),
-            r.get("max_steps"), r.get("dropout", 0.0), r.get("positions", False), r.get("label_smoothing", 0.0),
-            r.get("embed_dim", 32), r.get("item_leaf", False), str(r.get("kv", [2, 1, 1])))
+            r.get("max_steps"), r.get("dropout", 0.0), *(str(_lever(r, k)) for k in LEVER_DEFAULTS))
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -95,9 +102,10 @@ def render(rows: list[dict]) -> str:
         sid = f"{r0['sids']} ({r0['sid_levels']}" + (f", {native:.0%}" if native is not None else "") + ")"
         model = f"{r0['arch']} {r0['layers']}L" + (f"+{r0['enc_layers']}enc" if r0.get("enc_layers") else "") + \
             f" d{r0['d_model']} ({r0['params'] / 1e6:.1f}M), b{r0['batch']} lr{r0['lr']:g}" + (f" drop{r0['dropout']:g}" if r0.get("dropout") else "") \
-            + (" pos" if r0.get("positions") else "") + (" leaf" if r0.get("item_leaf") else "") + (f" ls{r0['label_smoothing']:g}" if r0.get("label_smoothing") else "") \
-            + (f" e{r0['embed_dim']}" if r0.get("embed_dim", 32) != 32 else "") \
-            + (" kv{}x{}x{}".format(*r0["kv"]) if r0.get("kv", [2, 1, 1]) != [2, 1, 1] else "")
+            + (" pos" if _lever(r0, "positions") else "") + (" leaf" if _lever(r0, "item_leaf") else "") \
+            + (f" ls{r0['label_smoothing']:g}" if _lever(r0, "label_smoothing") else "") \
+            + (f" e{r0['embed_dim']}" if _lever(r0, "embed_dim") != LEVER_DEFAULTS["embed_dim"] else "") \
+            + (" kv{}x{}x{}".format(*r0["kv"]) if _lever(r0, "kv") != LEVER_DEFAULTS["kv"] else "")
         wall = sum(r["wall_seconds"] for r in rs) / len(rs)
         epochs = ", ".join(f"{r['epochs_run']:g} ({r['best_step']})" for r in rs)
         out.append(f"| {r0['dataset']} | {model} | {sid} | {','.join(str(r['seed']) for r in rs)} | "
