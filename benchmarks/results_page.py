@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -59,8 +60,13 @@ def _lever(r: dict, key: str):
     return r.get(key, LEVER_DEFAULTS[key])
 
 
+def _machine(hw: dict) -> str:
+    """The hardware label without the load average: seeds of one setting pool even when the host's load differed."""
+    return re.sub(r", load [0-9.]+\)", ")", hw.get("label", hw["device"]))
+
+
 def _setting(r: dict) -> tuple:
-    return (r["dataset"], r["sids"], r["arch"], r["batch"], r["lr"], r["hardware"].get("label", r["hardware"]["device"]),
+    return (r["dataset"], r["sids"], r["arch"], r["batch"], r["lr"], _machine(r["hardware"]),
             r.get("max_steps"), r.get("dropout", 0.0), *(str(_lever(r, k)) for k in LEVER_DEFAULTS))
 
 

@@ -75,6 +75,12 @@ def test_beauty_cli_and_results_page(tmp_path):
     page = page_file.read_text()
     assert "TIGER (TIGER paper)" in page and "| Tiny | ours | lazy | 0 |" in page
     assert page.count("\n| Tiny |") == 6     # 1 summary row + 1 run row per SID set
+    # a second seed of one setting, run while the host's load differed, pools into one mean +- std row
+    first = results_page.load_rows([out])[0]
+    second = {**first, "seed": 1, "test": {**first["test"], "recall_at_10": first["test"]["recall_at_10"] + 0.01},
+              "hardware": {**first["hardware"], "label": "CPU, 1 threads (2 cores, load 9.9)"}}
+    pooled = results_page.render([first, second])
+    assert "| 0,1 |" in pooled and pooled.count("\n| Tiny |") == 3 and " ± 0.0071 |" in pooled
 
 
 def _beauty():
