@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -61,8 +60,11 @@ def _lever(r: dict, key: str):
 
 
 def _machine(hw: dict) -> str:
-    """The hardware label without the load average: seeds of one setting pool even when the host's load differed."""
-    return re.sub(r", load [0-9.]+\)", ")", hw.get("label", hw["device"]))
+    """The machine of a run from beauty.py's structured hardware fields, without the load average of its display
+    label: seeds of one setting pool even when the host's load differed."""
+    if hw.get("gpu"):
+        return f"1x {hw['gpu']}"
+    return f"CPU, {hw['torch_threads']} threads ({hw['cpu_count']} cores)"
 
 
 def _setting(r: dict) -> tuple:

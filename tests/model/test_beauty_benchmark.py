@@ -78,7 +78,8 @@ def test_beauty_cli_and_results_page(tmp_path):
     # a second seed of one setting, run while the host's load differed, pools into one mean +- std row
     first = results_page.load_rows([out])[0]
     second = {**first, "seed": 1, "test": {**first["test"], "recall_at_10": first["test"]["recall_at_10"] + 0.01},
-              "hardware": {**first["hardware"], "label": "CPU, 1 threads (2 cores, load 9.9)"}}
+              "hardware": {**first["hardware"], "load_average": [9.9, 9.9, 9.9],
+                           "label": "CPU, 1 threads (2 cores, load 9.9)"}}
     pooled = results_page.render([first, second])
     assert "| 0,1 |" in pooled and pooled.count("\n| Tiny |") == 3 and " ± 0.0071 |" in pooled
 
