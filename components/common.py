@@ -143,7 +143,7 @@ def load_reward_model(stage_dir):
     from onerec.reward_model import RewardConfig, RewardModel
 
     meta = json.loads(stage_dir.read_bytes("reward_model.json"))
-    rm = RewardModel(M.ModelConfig(**meta["context_config"]), RewardConfig(**meta["reward_config"]))
+    rm = RewardModel(M.ModelConfig(**meta["context_config"]), RewardConfig.from_dict(meta["reward_config"]))
     rm.load_state_dict(st_load(stage_dir.read_bytes("reward_model.safetensors")))
     return rm.eval(), meta
 

@@ -1,10 +1,10 @@
 """`reward_model`: the OneRec-V1 multi-task reward model (onerec.reward_model) on day D's exposures.
 
-Trains on features(D) samples whose item has a semantic ID (warm start from the newest earlier reward model
-with the same architecture and codebook). Evaluation is leak-free and next-day, like `evaluate`: the
-newest earlier reward model is scored on day D (`next_day_auc_<task>`, `next_day_logloss_<task>`), i.e. every
-model's metrics are its next day's; the first day, with no earlier model, reports a chronological holdout
-of D instead (the last `holdout` share of the day by time, not trained on; `holdout_*`).
+Trains on the samples of the `history_days` ending at D (features; rows whose item has a semantic ID), warm
+starting from the newest earlier reward model with the same architecture and codebook. Evaluation is leak-free
+and next-day, like `evaluate`: the newest earlier reward model is scored on day D (`next_day_auc_<task>`,
+`next_day_logloss_<task>`), i.e. every model's metrics are its next day's; the first day, with no earlier model,
+reports a chronological holdout of D instead (the last `holdout` share of the day by time, not trained on; `holdout_*`).
 Writes reward_model.safetensors + reward_model.json (configs, fusion weights, codebook digest) + metrics.json;
 rl reads the P-score weights from reward_model.json, so they are part of this stage's result.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from components.common import load_reward_model
+from components.common import load_reward_model, training_days
 from onerec.errors import BadInput
 
 FILES = ("reward_model.safetensors", "reward_model.json")
@@ -25,8 +25,9 @@ def previous(ctx):
 
 
 def external_inputs(ctx) -> dict:
+    inputs = {f"samples:{x}": ctx.dir("features", x).digest() for x in training_days(ctx) if x != ctx.date}
     prev = previous(ctx)
-    return {} if prev is None else {"previous": prev.digest()}
+    return inputs if prev is None else {**inputs, "previous": prev.digest()}
 
 
 def _configs(ctx, vocab):
@@ -58,7 +59,7 @@ def run(ctx) -> dict:
     codebook = json.loads(tok.read_bytes("codebook.json"))
     sids = SidTable.from_table(tok.read_table("sids"))
     context_cfg, rcfg = _configs(ctx, sids.vocab_sizes(codebook["sizes"]))
-    samples = with_known_target(ctx.upstream("features").read_table("samples"), sids)
+    samples = with_known_target(ctx.upstream("features").read_table("samples"), sids)   # D: scored next-day
     steps, batch_size, seed = int(s.get("steps", 300)), int(s.get("batch_size", 256)), int(s.get("seed", 0))
     if samples.num_rows < 2:
         raise BadInput(f"reward_model {ctx.date}: {samples.num_rows} samples with a semantic ID")
@@ -74,27 +75,27 @@ def run(ctx) -> dict:
                     meta["reward_config"] == json.loads(json.dumps(dataclasses.asdict(rcfg))):
                 model.load_state_dict(old.state_dict())
                 mlflow.set_tag("onerec.warm_start", f"{prev.pipeline}/{prev.date}")
-    train = samples
+    earlier = [with_known_target(ctx.dir("features", x).read_table("samples"), sids)
+               for x in training_days(ctx) if x != ctx.date]
+    train = pa.concat_tables([*earlier, samples]) if earlier else samples
     if prev is None:   # no earlier model to judge on D: hold out the end of D
         order = np.argsort(samples["ts"].to_numpy(), kind="stable")
         cut = int(len(order) * (1 - float(s.get("holdout", 0.1))))
-        train, held = samples.take(pa.array(order[:cut])), samples.take(pa.array(order[cut:]))
+        held = samples.take(pa.array(order[cut:]))
+        train = pa.concat_tables([*earlier, samples.take(pa.array(order[:cut]))])
 
-    opt = torch.optim.AdamW(model.parameters(), lr=float(s.get("lr", 1e-3)), weight_decay=0.01)
-    rng = np.random.default_rng(seed)
-    model.train()
-    losses = []
-    for step in tqdm(range(1, steps + 1), desc="reward_model"):
-        rows = rng.choice(train.num_rows, min(batch_size, train.num_rows), replace=False)
-        b = R.rm_batch(train.take(pa.array(rows)), context_cfg, sids)
-        loss, per_task = R.loss_fn(model(b), b.labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
+    bar = tqdm(total=steps, desc="reward_model")
+
+    def on_step(step, loss, grad_norm, per_task):
+        bar.update()
         if step % int(s.get("log_every", 20)) == 0 or step == steps:
-            mlflow.log_metrics({"loss": loss.item(), "grad_norm": float(grad_norm), **per_task}, step=step)
+            mlflow.log_metrics({"loss": loss, "grad_norm": grad_norm, **per_task}, step=step)
+
+    emb_lr = s.get("embedding_lr")
+    losses = R.train(model, train, sids, steps=steps, batch_size=batch_size, lr=float(s.get("lr", 1e-3)),
+                     weight_decay=float(s.get("weight_decay", 0.01)),
+                     embedding_lr=None if emb_lr is None else float(emb_lr), seed=seed, on_step=on_step)
+    bar.close()
     if prev is None:
         metrics.update({f"holdout_{k}": v for k, v in R.evaluate(model, held, sids).items()})
     metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}

@@ -239,6 +239,12 @@ DEFAULTS: dict = {
         "lr": 1.0e-3,
         "holdout": 0.1,                   # first day only (no earlier model to judge next-day): last 10% of D by time
         "seed": 0,
+        "weight_decay": 0.01,
+        "embedding_lr": None,             # the tables' AdamW rate (None = lr); ablation: benchmarks/results/README.md
+        "history_days": 1,                # days of samples ending at D it trains on (7 + embedding_lr 3e-2 measured
+                                          #   best on one seed, inside the noise: not the default yet)
+        "aux_tasks": ["click", "watch"],  # trained, not scored (onerec.reward_model.RewardConfig)
+        "item_bias": True,                # the per-item logit bias (the "wide" part); the part that learns
     },
     "rl": {                               # RL from sft(D) (onerec/rl.py, onerec/posttrain.py)
         **dataclass_defaults("rl", "RLConfig"),   # every RLConfig field, documented there; the daily

@@ -22,7 +22,10 @@ import torch.nn.functional as F
 from onerec.model import Batch, ContextEmbedding, ModelConfig
 from onerec.samples import SidTable, _hash_bucket, collate
 
-TASKS = ("q", "like", "follow", "comment", "forward", "dislike")
+TASKS = ("q", "like", "follow", "comment", "forward", "dislike")   # scored: the P-score's inputs
+AUX_TASKS = ("click", "watch")   # trained, never scored: dense labels that every exposure carries (below)
+# RewardConfig fields a model saved before they existed was built with (RewardConfig.from_dict)
+LEGACY = {"aux_tasks": (), "item_tables": "separate", "item_id": True, "item_bias": False}
 
 
 @dataclass
@@ -32,8 +35,27 @@ class RewardConfig:
     weights: dict = field(default_factory=lambda: {   # P-score fusion weights, one per task
         "q": 1.0, "like": 0.5, "follow": 0.5, "comment": 0.3, "forward": 0.3, "dislike": -1.0})
     q_positive: float = 0.75         # AUC of the q task: is q above this (a top-quartile watch)?
+    item_tables: str = "separate"    # separate: the scored item has its own id/SID tables | shared: it is embedded
+                                     #   with the context's tables (+ a projection), as the history items are
+    item_id: bool = True             # the hashed item id enters the scored item's vector (False: SIDs only)
+    # Auxiliary tasks on the shared tower (V1 fuses clicks and watch time into its P-score): click, and watch =
+    # min(play / duration, 1) as a soft label. Likes are 6% of exposures and q is null on a user's first video of
+    # a duration bucket, so alone they give an item's embedding a few gradients a day; every exposure has a click
+    # flag and a watched fraction, and both rise with the affinity the rare flags are drawn from.
+    aux_tasks: tuple = AUX_TASKS
+    item_bias: bool = True           # a per-task logit bias per hashed item, added after the tower (the "wide" part)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RewardConfig":
+        """A saved reward_config: fields it predates get the values such a model was built with."""
+        return cls(**{**LEGACY, **d})
 
     def __post_init__(self):
+        self.aux_tasks = tuple(self.aux_tasks)
+        if set(self.aux_tasks) - set(AUX_TASKS):
+            raise ValueError(f"reward aux_tasks must be among {AUX_TASKS}, got {list(self.aux_tasks)}")
+        if self.item_tables not in ("separate", "shared"):
+            raise ValueError(f"reward item_tables must be separate or shared, got {self.item_tables!r}")
         unknown = set(self.weights) - set(TASKS)
         if unknown:
             raise ValueError(f"reward weights for unknown task(s) {sorted(unknown)}; known: {TASKS}")
@@ -58,21 +80,46 @@ class RewardModel(nn.Module):
         self.context_cfg, self.cfg = context_cfg, cfg
         d = cfg.d_model
         self.context = ContextEmbedding(context_cfg, d)
-        self.item = nn.Embedding(context_cfg.item_buckets, d, padding_idx=0)
-        self.sid = nn.ModuleList(nn.Embedding(n, d) for n in context_cfg.codebook_sizes)
+        if cfg.item_tables == "shared":
+            self.item_proj = nn.Linear(context_cfg.embed_dim, d)
+        else:
+            self.item = nn.Embedding(context_cfg.item_buckets, d, padding_idx=0)
+            self.sid = nn.ModuleList(nn.Embedding(n, d) for n in context_cfg.codebook_sizes)
         self.tower = nn.Sequential(nn.Linear(4 * d, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU())
         self.heads = nn.Linear(cfg.hidden, len(TASKS))
+        if cfg.aux_tasks:
+            self.aux_heads = nn.Linear(cfg.hidden, len(cfg.aux_tasks))
+        if cfg.item_bias:   # zero-initialised: an unseen item starts at the tower's prediction
+            self.bias = nn.Embedding(context_cfg.item_buckets, len(TASKS) + len(cfg.aux_tasks))
+            nn.init.zeros_(self.bias.weight)
 
     def forward(self, b: RMBatch) -> torch.Tensor:
-        """(B, len(TASKS)) logits."""
+        """(B, len(TASKS)) logits of the scored tasks."""
+        return self.train_logits(b)[:, :len(TASKS)]
+
+    def train_logits(self, b: RMBatch) -> torch.Tensor:
+        """(B, len(TASKS) + len(aux_tasks)) logits: the scored tasks, then the auxiliary ones."""
+        h = self.hidden(b)
+        out = torch.cat([self.heads(h), self.aux_heads(h)], dim=-1) if self.cfg.aux_tasks else self.heads(h)
+        return out + self.bias(b.item) if self.cfg.item_bias else out
+
+    def hidden(self, b: RMBatch) -> torch.Tensor:
         ctx, mask = self.context(b.batch)                                  # (B, S, d), (B, S)
-        sid = b.sid.clamp(min=0)
-        item = self.item(b.item) + sum(emb(sid[:, i].clamp(max=emb.num_embeddings - 1)) for i, emb in enumerate(self.sid))
+        item = self.embed_item(b.item, b.sid)
         att = (ctx @ item[:, :, None])[..., 0] / ctx.shape[-1] ** 0.5     # target-aware attention over the context
         att = torch.softmax(att.masked_fill(~mask, -1e9), dim=1)
         target_aware = (att[..., None] * ctx).sum(1)
         pooled = (ctx * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        return self.heads(self.tower(torch.cat([pooled, target_aware, item, pooled * item], dim=-1)))
+        return self.tower(torch.cat([pooled, target_aware, item, pooled * item], dim=-1))
+
+    def embed_item(self, item_ids: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
+        shared = self.cfg.item_tables == "shared"
+        item_table, sid_tables = (self.context.item, self.context.sid) if shared else (self.item, self.sid)
+        sid = sid.clamp(min=0)
+        e = sum(emb(sid[:, i].clamp(max=emb.num_embeddings - 1)) for i, emb in enumerate(sid_tables))
+        if self.cfg.item_id:
+            e = e + item_table(item_ids)
+        return self.item_proj(e) if shared else e
 
     def p_score(self, b: RMBatch) -> torch.Tensor:
         probs = torch.sigmoid(self(b))
@@ -83,29 +130,35 @@ class RewardModel(nn.Module):
         return {"context_config": asdict(self.context_cfg), "reward_config": asdict(self.cfg), "tasks": list(TASKS)}
 
 
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Mean over tasks of the BCE over the samples where the task's label is known."""
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, tasks=TASKS) -> tuple[torch.Tensor, dict]:
+    """Mean over tasks (the columns, named by `tasks`) of the BCE over the samples where the label is known."""
     known = torch.isfinite(labels)
     per = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(labels), reduction="none") * known
     task = per.sum(0) / known.sum(0).clamp(min=1)
-    return task.mean(), {f"loss_{t}": float(v) for t, v in zip(TASKS, task.detach())}
+    return task.mean(), {f"loss_{t}": float(v) for t, v in zip(tasks, task.detach())}
 
 
 # ---------------------------------------------------------------------------------------------------------
 # data
 
-def labels(table: pa.Table) -> np.ndarray:
+def labels(table: pa.Table, aux_tasks=()) -> np.ndarray:
+    """(rows, len(TASKS) + len(aux_tasks)) labels; NaN = unknown (q without a peer group, watch without a duration)."""
     def col(name):
         return pc.cast(table[name], pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
 
     out = [col("q")]   # null -> NaN: not trained
-    for t in TASKS[1:]:
+    for t in TASKS[1:] + tuple(a for a in aux_tasks if a != "watch"):
         out.append(np.nan_to_num(col(t), nan=0.0).clip(0, 1))
+    if "watch" in aux_tasks:
+        dur = col("duration_ms")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.insert(len(TASKS) + list(aux_tasks).index("watch"),
+                       np.where(dur > 0, np.clip(col("play_time_ms") / dur, 0, 1), np.nan))
     return np.stack(out, axis=1).astype(np.float32)
 
 
 def rm_batch(table: pa.Table, context_cfg: ModelConfig, sids: SidTable, items: np.ndarray | None = None,
-             with_labels: bool = True) -> RMBatch:
+             with_labels: bool = True, aux_tasks=()) -> RMBatch:
     """Samples rows (their context) and the items to score: the impressed items unless `items` is given."""
     items = table["item_id"].to_numpy() if items is None else np.asarray(items, dtype=np.int64)
     batch = collate(table, context_cfg, sids)
@@ -113,7 +166,7 @@ def rm_batch(table: pa.Table, context_cfg: ModelConfig, sids: SidTable, items: n
     sid = np.minimum(sids.lookup(items)[:, :len(context_cfg.codebook_sizes)], np.array(context_cfg.codebook_sizes) - 1)
     return RMBatch(batch, torch.from_numpy(_hash_bucket(items, context_cfg.item_buckets).astype(np.int64)),
                    torch.from_numpy(sid.astype(np.int64)),
-                   torch.from_numpy(labels(table)) if with_labels else None)
+                   torch.from_numpy(labels(table, aux_tasks)) if with_labels else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,6 +186,35 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
     avg = first + (counts + 1) / 2.0
     ranks[order] = np.repeat(avg, counts)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def train(model: RewardModel, table: pa.Table, sids: SidTable, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
+          weight_decay: float = 0.01, embedding_lr: float | None = None, seed: int = 0, on_step=None) -> list[float]:
+    """AdamW on uniformly drawn batches of `table` (without replacement within a batch); the loss per step.
+    `embedding_lr` (None = lr) is the rate of the embedding tables. Why: a table row moves only on the steps whose
+    batch holds its item, a few dozen times a day for an item shown ~5 times, so at the tower's rate an item's
+    bias and vector stay near their start however many days it is seen.
+    `on_step(step, loss, grad_norm, per_task)` is called after every step (the stage logs to MLflow there)."""
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    ids = {id(t) for t in tables}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": rest}, {"params": tables, "lr": lr if embedding_lr is None else embedding_lr}],
+                            lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    model.train()
+    losses = []
+    for step in range(1, steps + 1):
+        rows = rng.choice(table.num_rows, min(batch_size, table.num_rows), replace=False)
+        b = rm_batch(table.take(pa.array(rows)), model.context_cfg, sids, aux_tasks=model.cfg.aux_tasks)
+        loss, per_task = loss_fn(model.train_logits(b), b.labels, TASKS + model.cfg.aux_tasks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1], float(grad_norm), per_task)
+    return losses
 
 
 @torch.no_grad()
