@@ -1,4 +1,4 @@
-"""`reward_model`: the OneRec-V1 multi-task reward model (onerec.reward_model) on day D's exposures.
+"""`reward_model`: the OneRec-V1 multi-task reward model (onerec.reward_model) on the exposures up to day D.
 
 Trains on the samples of the `history_days` ending at D (features; rows whose item has a semantic ID), warm
 starting from the newest earlier reward model with the same architecture and codebook. Evaluation is leak-free
