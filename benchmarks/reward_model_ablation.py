@@ -6,8 +6,8 @@
 Reads the features and tokenize outputs of a pipeline home (benchmarks/daily_loop.py or reward_model_auc.py builds
 one) and replays the stage's protocol for each variant and seed: on day D the model trained up to D-1 is scored on
 D's samples (next-day AUC), then warm-started and trained on D (day 1: its first 90% by time, as the stage does).
-A variant overrides RewardConfig fields (d_model, item_tables, item_id, ...) and the training keys steps, lr,
-batch_size, weight_decay; `base` is the stage's defaults. Every variant sees the same rows in the same order per
+A variant overrides RewardConfig fields (d_model, aux_tasks, item_bias, ...), history_days and the training keys
+steps, lr, batch_size, weight_decay, embedding_lr; `base` is the stage's defaults (onerec.config.DEFAULTS). Every variant sees the same rows in the same order per
 seed. Prints mean next-day AUC (like, long view q > 0.75) over the days with a 95% interval over seeds, and writes
 benchmarks/results/reward_model_ablation.{json,md}.
 """
@@ -28,8 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
-TRAIN_KEYS = {"steps": 300, "lr": 1e-3, "batch_size": 256, "weight_decay": 0.01, "embedding_lr": None}
-STAGE_KEYS = {"history_days": 1}   # the stage's own (not RewardConfig, not R.train) keys
+from onerec.config import DEFAULTS  # noqa: E402
+
+SECTION = DEFAULTS["reward_model"]   # `base` is exactly what the stage reads
+TRAIN_KEYS = {k: SECTION[k] for k in ("steps", "lr", "batch_size", "weight_decay", "embedding_lr")}
 TASKS = ("like", "q")
 
 
@@ -75,10 +77,10 @@ def run_variant(data, over: dict, seed: int) -> dict:
     from onerec import reward_model as R
 
     train_kw = {k: over.get(k, v) for k, v in TRAIN_KEYS.items()}
-    history = int(over.get("history_days", STAGE_KEYS["history_days"]))
+    history = int(over.get("history_days", SECTION["history_days"]))
     fields = {f.name for f in dataclasses.fields(R.RewardConfig)}
-    rcfg = R.RewardConfig(**{k: v for k, v in over.items() if k in fields})
-    unknown = set(over) - fields - set(TRAIN_KEYS) - set(STAGE_KEYS)
+    rcfg = R.RewardConfig(**{k: v for k, v in {**SECTION, **over}.items() if k in fields})
+    unknown = set(over) - fields - set(TRAIN_KEYS) - {"history_days"}
     if unknown:
         raise SystemExit(f"reward_model_ablation: unknown variant key(s) {sorted(unknown)}")
     model, digest, per_day = None, None, {}
@@ -88,12 +90,12 @@ def run_variant(data, over: dict, seed: int) -> dict:
             per_day[day] = R.evaluate(model, samples, sids)
         else:   # first day, or new codebooks: a fresh model (the stage cannot warm-start either)
             torch.manual_seed(seed)
-            model = R.RewardModel(M.build("small", codebook_sizes=vocab), rcfg)
+            model = R.RewardModel(M.build(SECTION["context"], codebook_sizes=vocab), rcfg)
         digest = codebook["digest"]
         train = samples
-        if n == 0:   # the stage's first day: the last 10% by time is held out
+        if n == 0:   # the stage's first day: the last `holdout` share by time is held out
             order = np.argsort(samples["ts"].to_numpy(), kind="stable")
-            train = samples.take(pa.array(order[: int(len(order) * 0.9)]))
+            train = samples.take(pa.array(order[: int(len(order) * (1 - SECTION["holdout"]))]))
         elif history > 1:   # the stage's history_days: the samples of the days ending at D
             train = pa.concat_tables([d[1] for d in data[max(0, n - history + 1): n + 1]])
         R.train(model, train, sids, seed=seed, **train_kw)

@@ -25,7 +25,7 @@ from onerec.samples import SidTable, _hash_bucket, collate
 TASKS = ("q", "like", "follow", "comment", "forward", "dislike")   # scored: the P-score's inputs
 AUX_TASKS = ("click", "watch")   # trained, never scored: dense labels that every exposure carries (below)
 # RewardConfig fields a model saved before they existed was built with (RewardConfig.from_dict)
-LEGACY = {"aux_tasks": (), "item_tables": "separate", "item_id": True, "item_bias": False}
+LEGACY = {"aux_tasks": (), "item_bias": False}
 
 
 @dataclass
@@ -35,9 +35,6 @@ class RewardConfig:
     weights: dict = field(default_factory=lambda: {   # P-score fusion weights, one per task
         "q": 1.0, "like": 0.5, "follow": 0.5, "comment": 0.3, "forward": 0.3, "dislike": -1.0})
     q_positive: float = 0.75         # AUC of the q task: is q above this (a top-quartile watch)?
-    item_tables: str = "separate"    # separate: the scored item has its own id/SID tables | shared: it is embedded
-                                     #   with the context's tables (+ a projection), as the history items are
-    item_id: bool = True             # the hashed item id enters the scored item's vector (False: SIDs only)
     # Auxiliary tasks on the shared tower (V1 fuses clicks and watch time into its P-score): click, and watch =
     # min(play / duration, 1) as a soft label. Likes are 6% of exposures and q is null on a user's first video of
     # a duration bucket, so alone they give an item's embedding a few gradients a day; every exposure has a click
@@ -54,8 +51,6 @@ class RewardConfig:
         self.aux_tasks = tuple(self.aux_tasks)
         if set(self.aux_tasks) - set(AUX_TASKS):
             raise ValueError(f"reward aux_tasks must be among {AUX_TASKS}, got {list(self.aux_tasks)}")
-        if self.item_tables not in ("separate", "shared"):
-            raise ValueError(f"reward item_tables must be separate or shared, got {self.item_tables!r}")
         unknown = set(self.weights) - set(TASKS)
         if unknown:
             raise ValueError(f"reward weights for unknown task(s) {sorted(unknown)}; known: {TASKS}")
@@ -80,11 +75,8 @@ class RewardModel(nn.Module):
         self.context_cfg, self.cfg = context_cfg, cfg
         d = cfg.d_model
         self.context = ContextEmbedding(context_cfg, d)
-        if cfg.item_tables == "shared":
-            self.item_proj = nn.Linear(context_cfg.embed_dim, d)
-        else:
-            self.item = nn.Embedding(context_cfg.item_buckets, d, padding_idx=0)
-            self.sid = nn.ModuleList(nn.Embedding(n, d) for n in context_cfg.codebook_sizes)
+        self.item = nn.Embedding(context_cfg.item_buckets, d, padding_idx=0)
+        self.sid = nn.ModuleList(nn.Embedding(n, d) for n in context_cfg.codebook_sizes)
         self.tower = nn.Sequential(nn.Linear(4 * d, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden), nn.SiLU())
         self.heads = nn.Linear(cfg.hidden, len(TASKS))
         if cfg.aux_tasks:
@@ -94,8 +86,9 @@ class RewardModel(nn.Module):
             nn.init.zeros_(self.bias.weight)
 
     def forward(self, b: RMBatch) -> torch.Tensor:
-        """(B, len(TASKS)) logits of the scored tasks."""
-        return self.train_logits(b)[:, :len(TASKS)]
+        """(B, len(TASKS)) logits of the scored tasks (the auxiliary heads are not computed)."""
+        out = self.heads(self.hidden(b))
+        return out + self.bias(b.item)[:, :len(TASKS)] if self.cfg.item_bias else out
 
     def train_logits(self, b: RMBatch) -> torch.Tensor:
         """(B, len(TASKS) + len(aux_tasks)) logits: the scored tasks, then the auxiliary ones."""
@@ -105,21 +98,13 @@ class RewardModel(nn.Module):
 
     def hidden(self, b: RMBatch) -> torch.Tensor:
         ctx, mask = self.context(b.batch)                                  # (B, S, d), (B, S)
-        item = self.embed_item(b.item, b.sid)
+        sid = b.sid.clamp(min=0)
+        item = self.item(b.item) + sum(emb(sid[:, i].clamp(max=emb.num_embeddings - 1)) for i, emb in enumerate(self.sid))
         att = (ctx @ item[:, :, None])[..., 0] / ctx.shape[-1] ** 0.5     # target-aware attention over the context
         att = torch.softmax(att.masked_fill(~mask, -1e9), dim=1)
         target_aware = (att[..., None] * ctx).sum(1)
         pooled = (ctx * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return self.tower(torch.cat([pooled, target_aware, item, pooled * item], dim=-1))
-
-    def embed_item(self, item_ids: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
-        shared = self.cfg.item_tables == "shared"
-        item_table, sid_tables = (self.context.item, self.context.sid) if shared else (self.item, self.sid)
-        sid = sid.clamp(min=0)
-        e = sum(emb(sid[:, i].clamp(max=emb.num_embeddings - 1)) for i, emb in enumerate(sid_tables))
-        if self.cfg.item_id:
-            e = e + item_table(item_ids)
-        return self.item_proj(e) if shared else e
 
     def p_score(self, b: RMBatch) -> torch.Tensor:
         probs = torch.sigmoid(self(b))

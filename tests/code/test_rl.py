@@ -468,10 +468,12 @@ def test_reward_labels_aux_tasks_and_the_embedding_rate():
     tables = {f"{n}.weight" for n, m in rm.named_modules() if isinstance(m, torch.nn.Embedding)}
     assert tables and all(torch.equal(before[k], rm.state_dict()[k]) for k in tables)
     assert not torch.equal(before["tower.0.weight"], rm.state_dict()["tower.0.weight"])
+    b = R.rm_batch(_rm_rows(8, 2, np.zeros(W.N_ITEMS)), rm.context_cfg, sids)   # scoring skips the aux heads only
+    assert torch.allclose(rm(b), rm.train_logits(b)[:, :len(R.TASKS)])
 
 
 def test_a_reward_model_saved_before_the_aux_tasks_loads():
-    """RewardConfig.from_dict: a reward_config that predates aux_tasks, item_tables, item_id and item_bias builds
+    """RewardConfig.from_dict: a reward_config that predates aux_tasks and item_bias builds
     the architecture it was saved with, so its safetensors load strictly (rl and online_validate read old days)."""
     import dataclasses
 
